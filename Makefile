@@ -1,0 +1,39 @@
+# boshreg: `make run` starts the registry, `make test` runs every check. Both set themselves up.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup run test lint typecheck unit databases clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+## Start the registry with zero configuration (SQLite in ./.boshreg, port 25777).
+run: $(STAMP)
+	$(BIN)/boshreg serve
+
+## Lint, types and the whole test suite against SQLite, PostgreSQL and MariaDB.
+test: lint typecheck unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP) databases
+	$(BIN)/pytest
+
+## Start PostgreSQL and MariaDB if they are down (install them as root if missing).
+databases:
+	@bash scripts/ensure-databases.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis src/*.egg-info

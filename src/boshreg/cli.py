@@ -1,0 +1,235 @@
+"""The ``boshreg`` command: parses arguments, calls one function per subcommand, prints.
+
+Every error a user can cause is printed as one line naming the problem and the fix, with exit code 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import BinaryIO
+
+import click
+
+from boshreg import __version__
+from boshreg.client import RegistryClient, RegistryClientError
+from boshreg.endpoint import Endpoint, EndpointError, parse_endpoint
+from boshreg.logs import setup_logging
+from boshreg.registry.config import ConfigError, RegistryConfig, load_config, unknown_keys
+from boshreg.registry.datadir import (
+    DEFAULT_DATA_DIR,
+    PASSWORD_FILE,
+    DataDirError,
+    local_endpoint,
+    zero_config,
+)
+from boshreg.registry.server import ServeError, bind, open_store, serve, startup_message
+
+log = logging.getLogger("boshreg")
+
+EXIT_USAGE = 2
+
+# Errors that are the user's to fix: printed as one line, exit 2.
+USER_ERRORS = (ConfigError, DataDirError, ServeError, EndpointError, RegistryClientError)
+
+
+class CliError(Exception):
+    """A problem with the command's input; printed as one line."""
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="boshreg")
+def cli() -> None:
+    """boshreg: the bootstrap path of BOSH VMs on OpenStack and AWS.
+
+    \b
+    Quick start:
+      boshreg serve                      # registry on SQLite in ./.boshreg, port 25777
+      boshreg settings put vm-1 s.json   # store a VM's agent settings
+      boshreg settings get vm-1          # read them back, as the agent would
+    """
+
+
+@cli.command()
+@click.option(
+    "-c",
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="BOSHREG_CONFIG",
+    help="Registry YAML config (the original's keys). [env: BOSHREG_CONFIG]",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=DEFAULT_DATA_DIR,
+    envvar="BOSHREG_DATA_DIR",
+    show_default=True,
+    help="Without --config: where the SQLite database and admin password live. [env: BOSHREG_DATA_DIR]",
+)
+@click.option("--host", envvar="BOSHREG_HOST", help="Address to listen on (http.host). [env: BOSHREG_HOST]")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    envvar="BOSHREG_PORT",
+    help="Port to listen on (http.port, default 25777). [env: BOSHREG_PORT]",
+)
+def serve_command(config_file: Path | None, data_dir: Path, host: str | None, port: int | None) -> None:
+    """Start the registry.
+
+    With no config file it needs nothing: an SQLite database and a generated admin password in the
+    data directory, and it prints the registry block to paste into a deployment manifest.
+
+    \b
+    Examples:
+      boshreg serve
+      boshreg serve --config /var/vcap/jobs/registry/config/registry.yml
+    """
+    if config_file is not None:
+        config = _with_overrides(load_config(config_file), host, port)
+        password_file = None
+    else:
+        config = zero_config(data_dir, host=host, port=port)
+        password_file = str((data_dir / PASSWORD_FILE).resolve())
+    setup_logging(config.log_level_name, config.logfile)
+    for key in unknown_keys(config):
+        log.warning("unknown config key %s is ignored; check its spelling against the README", key)
+    if config.http.password == "admin":
+        log.warning(
+            "http.password is the well-known default; every VM's settings are readable by anyone "
+            "who knows it. Set a generated one."
+        )
+    listening = bind(config.http.host, config.http.port)
+    store = open_store(config)
+    click.echo(startup_message(config, store, listening, password_file=password_file))
+    sys.stdout.flush()
+    serve(config, store, listening)
+
+
+cli.add_command(serve_command, "serve")
+
+
+def _with_overrides(config: RegistryConfig, host: str | None, port: int | None) -> RegistryConfig:
+    updates = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    if not updates:
+        return config
+    return config.model_copy(update={"http": config.http.model_copy(update=updates)})
+
+
+endpoint_option = click.option(
+    "--endpoint",
+    envvar="BOSHREG_ENDPOINT",
+    help="Registry URL with credentials, http://USER:PASSWORD@HOST:PORT. Default: the local zero-config "
+    "registry of --data-dir. [env: BOSHREG_ENDPOINT]",
+)
+data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=DEFAULT_DATA_DIR,
+    envvar="BOSHREG_DATA_DIR",
+    show_default=True,
+    help="Data directory of a local `boshreg serve`, used when no --endpoint is given.",
+)
+timeout_option = click.option(
+    "--timeout",
+    type=click.FloatRange(0.1, 300),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for the registry.",
+)
+
+
+@cli.group()
+def settings() -> None:
+    """Read and write one VM's agent settings in a registry.
+
+    \b
+    Examples:
+      boshreg settings put vm-3f1c settings.json --endpoint http://admin:secret@10.0.0.5:25777
+      cat settings.json | boshreg settings put vm-3f1c -
+      boshreg settings get vm-3f1c
+      boshreg settings delete vm-3f1c
+    """
+
+
+@settings.command("get")
+@click.argument("instance_id")
+@endpoint_option
+@data_dir_option
+@timeout_option
+def settings_get(instance_id: str, endpoint: str | None, data_dir: Path, timeout: float) -> None:
+    """Print the settings stored for INSTANCE_ID, exactly as stored."""
+    with RegistryClient(_endpoint(endpoint, data_dir), timeout=timeout) as client:
+        click.echo(client.get_settings(instance_id))
+
+
+@settings.command("put")
+@click.argument("instance_id")
+@click.argument("settings_file", metavar="FILE|-", type=click.File("rb"))
+@endpoint_option
+@data_dir_option
+@timeout_option
+def settings_put(
+    instance_id: str, settings_file: BinaryIO, endpoint: str | None, data_dir: Path, timeout: float
+) -> None:
+    """Store FILE (or standard input, -) as the settings of INSTANCE_ID."""
+    content = settings_file.read()
+    with RegistryClient(_endpoint(endpoint, data_dir), timeout=timeout) as client:
+        client.put_settings(instance_id, content)
+    click.echo(f"stored settings of {instance_id} ({len(content)} bytes)")
+
+
+@settings.command("delete")
+@click.argument("instance_id")
+@endpoint_option
+@data_dir_option
+@timeout_option
+def settings_delete(instance_id: str, endpoint: str | None, data_dir: Path, timeout: float) -> None:
+    """Remove the settings of INSTANCE_ID (succeeds when there were none)."""
+    with RegistryClient(_endpoint(endpoint, data_dir), timeout=timeout) as client:
+        client.delete_settings(instance_id)
+    click.echo(f"deleted settings of {instance_id}")
+
+
+def _endpoint(url: str | None, data_dir: Path) -> Endpoint:
+    if url:
+        return parse_endpoint(url, key="--endpoint", require_credentials=False)
+    local = local_endpoint(data_dir)
+    if local is None:
+        raise CliError(
+            "no registry endpoint: pass --endpoint http://admin:PASSWORD@HOST:25777 or set "
+            f"BOSHREG_ENDPOINT (no local registry in {data_dir})"
+        )
+    return local
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the command, turning every user error into one line and exit code 2."""
+    try:
+        cli.main(args=argv, prog_name="boshreg", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("boshreg: aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        click.echo(f"boshreg: error: {_one_line(exc.format_message())}{_usage_hint(exc)}", err=True)
+        return EXIT_USAGE
+    except (*USER_ERRORS, CliError) as exc:
+        click.echo(f"boshreg: error: {_one_line(str(exc))}", err=True)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
+
+
+def _usage_hint(exc: click.ClickException) -> str:
+    context = getattr(exc, "ctx", None)
+    if isinstance(exc, click.UsageError) and context is not None:
+        return f" (see '{context.command_path} --help')"
+    return ""

@@ -1,0 +1,110 @@
+"""A client of the registry API, for operators, scripts and the CPI side.
+
+Every failure is a ``RegistryClientError`` whose message names the (redacted) URL, what happened and
+what to change; the password never appears in it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+from boshreg.endpoint import Endpoint, redact_url
+
+
+class RegistryClientError(Exception):
+    """A registry call that did not succeed; the message is one line for the operator."""
+
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class RegistryClient:
+    """GET, PUT and DELETE of one instance's settings at one registry endpoint."""
+
+    def __init__(self, endpoint: Endpoint, *, timeout: float = 10.0) -> None:
+        self.endpoint = endpoint
+        auth = (endpoint.user or "", endpoint.password or "") if endpoint.has_credentials else None
+        self._http = httpx.Client(auth=auth, timeout=timeout, trust_env=False)
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def get_settings(self, instance_id: str) -> str:
+        """The settings JSON text stored for ``instance_id``, exactly as stored."""
+        body = self._call("GET", instance_id)
+        settings = body.get("settings")
+        if not isinstance(settings, str):
+            raise RegistryClientError(
+                f"unexpected answer from {self._where(instance_id)}: no 'settings' string in the body"
+            )
+        return settings
+
+    def put_settings(self, instance_id: str, settings: str | bytes) -> None:
+        """Create or replace the settings of ``instance_id``."""
+        content = settings.encode("utf-8") if isinstance(settings, str) else settings
+        self._call("PUT", instance_id, content=content)
+
+    def delete_settings(self, instance_id: str) -> None:
+        """Remove the settings of ``instance_id`` (no error when there were none)."""
+        self._call("DELETE", instance_id)
+
+    def _where(self, instance_id: str) -> str:
+        return self.endpoint.settings_url(instance_id).replace(
+            self.endpoint.base_url, self.endpoint.redacted(), 1
+        )
+
+    def _call(self, method: str, instance_id: str, content: bytes | None = None) -> dict[str, Any]:
+        url = self.endpoint.settings_url(instance_id)
+        where = self._where(instance_id)
+        headers = {"Content-Type": "application/json"} if content is not None else None
+        try:
+            response = self._http.request(method, url, content=content, headers=headers)
+        except httpx.TimeoutException:
+            raise RegistryClientError(
+                f"{method} {where}: no answer within {self._http.timeout.read} s; "
+                "is the registry up and reachable from here?"
+            ) from None
+        except httpx.TransportError as exc:
+            raise RegistryClientError(
+                f"{method} {where}: cannot connect ({_reason(exc)}); is `boshreg serve` running there?"
+            ) from None
+        body = _json_body(response)
+        if response.status_code == 200 and body.get("status") == "ok":
+            return body
+        detail = body.get("error") or body.get("status") or response.reason_phrase
+        hint = _HINTS.get(response.status_code, "")
+        raise RegistryClientError(
+            f"{method} {where}: {response.status_code} {detail}{hint}", response.status_code
+        )
+
+
+_HINTS = {
+    401: "; check the user and password in the endpoint",
+    404: "; nothing is stored under that id (was it PUT by the CPI?)",
+    503: "; the registry's database is unavailable, try again shortly",
+}
+
+
+def _json_body(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _reason(exc: httpx.TransportError) -> str:
+    text = str(exc) or type(exc).__name__
+    if "refused" in text.lower():
+        return "connection refused"
+    return redact_url(text.splitlines()[0])

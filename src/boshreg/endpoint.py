@@ -1,0 +1,170 @@
+"""The registry endpoint: one parser for every place that reads or prints one.
+
+Operators write the endpoint two ways: a URL carrying ``user:password@``, or a bare URL plus
+separate ``user`` and ``password`` keys. Both must end as the same value, and its printed form must
+never carry the password. Standard library only: this module ships into VMs with the agent.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from urllib.parse import quote, unquote, urlsplit
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+REDACTED = "***"
+
+_EXAMPLE = "http://admin:<password>@10.0.0.5:25777"
+
+
+class EndpointError(ValueError):
+    """An endpoint that cannot be used; the message names the key to set and shows an example."""
+
+    def __init__(self, problem: str, fix: str = "") -> None:
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{problem}; {fix}" if fix else problem)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A validated registry endpoint; ``str()`` is the redacted form, safe for any output."""
+
+    scheme: str
+    host: str
+    port: int
+    user: str | None = None
+    password: str | None = None
+
+    @property
+    def has_credentials(self) -> bool:
+        return self.user is not None and self.password is not None
+
+    @property
+    def netloc_host(self) -> str:
+        """The host as it stands in a URL: IPv6 literals in brackets."""
+        return f"[{self.host}]" if ":" in self.host else self.host
+
+    @property
+    def base_url(self) -> str:
+        """The URL without credentials, default port left out."""
+        port = "" if DEFAULT_PORTS[self.scheme] == self.port else f":{self.port}"
+        return f"{self.scheme}://{self.netloc_host}{port}"
+
+    def url(self) -> str:
+        """The full URL with percent-encoded credentials, as an agent needs it in its user data."""
+        if not self.has_credentials:
+            return self.base_url
+        userinfo = f"{quote(self.user or '', safe='')}:{quote(self.password or '', safe='')}@"
+        return self.base_url.replace("://", f"://{userinfo}", 1)
+
+    def redacted(self) -> str:
+        """The URL with the password replaced, for logs, errors and reports."""
+        if self.user is None:
+            return self.base_url
+        userinfo = f"{quote(self.user, safe='')}:{REDACTED}@"
+        return self.base_url.replace("://", f"://{userinfo}", 1)
+
+    def settings_url(self, instance_id: str) -> str:
+        """Where bosh-agent GETs its settings: ``<endpoint>/instances/<id>/settings``."""
+        return f"{self.base_url}/instances/{quote(instance_id, safe='')}/settings"
+
+    def __str__(self) -> str:
+        return self.redacted()
+
+    def __repr__(self) -> str:
+        return f"Endpoint({self.redacted()!r})"
+
+
+def parse_endpoint(
+    url: str | None,
+    user: str | None = None,
+    password: str | None = None,
+    *,
+    key: str = "registry.endpoint",
+    require_credentials: bool = True,
+) -> Endpoint:
+    """Parse an endpoint written either way; ``key`` names the setting in every error."""
+    if url is None or not url.strip():
+        raise EndpointError(
+            f"{key} is missing",
+            f"set it, e.g. {key}: {_EXAMPLE}",
+        )
+    text = url.strip()
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        raise EndpointError(
+            f"{key} is not a valid URL ({redact_url(text)}: {exc})", f"write it as {_EXAMPLE}"
+        ) from None
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS:
+        shown = f"'{scheme}'" if scheme else "none"
+        raise EndpointError(
+            f"{key} has scheme {shown}; the agent only speaks http and https",
+            f"write it as {_EXAMPLE}",
+        )
+    host = parts.hostname
+    if not host:
+        raise EndpointError(f"{key} has no host ({redact_url(text)})", f"write it as {_EXAMPLE}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise EndpointError(
+            f"{key} has a path, query or fragment ({redact_url(text)}); the agent appends "
+            "/instances/<id>/settings to the endpoint and would mangle it",
+            f"give only scheme, host and port, e.g. {_EXAMPLE}",
+        )
+    url_user = unquote(parts.username) if parts.username is not None else None
+    url_password = unquote(parts.password) if parts.password is not None else None
+    final_user = _merge(url_user, user, f"{key} user", "registry.user")
+    final_password = _merge(url_password, password, f"{key} password", "registry.password")
+    if require_credentials and (final_user is None or final_password is None):
+        raise EndpointError(
+            f"{key} has no credentials ({redact_url(text)}); the agent would be refused",
+            f"put them in the URL ({_EXAMPLE}) or set registry.user and registry.password",
+        )
+    return Endpoint(
+        scheme=scheme,
+        host=_normalize_host(host),
+        port=port if port is not None else DEFAULT_PORTS[scheme],
+        user=final_user,
+        password=final_password,
+    )
+
+
+def _merge(in_url: str | None, separate: str | None, what: str, separate_key: str) -> str | None:
+    if in_url is not None and separate is not None and in_url != separate:
+        raise EndpointError(
+            f"{what} is given twice, differently (in the URL and as {separate_key})",
+            f"keep one of them, e.g. drop {separate_key}",
+        )
+    return in_url if in_url is not None else separate
+
+
+def _normalize_host(host: str) -> str:
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host.lower()
+
+
+# The authority runs to the first character that really ends it. Anything else (control characters,
+# quotes, Unicode spaces) is kept inside: redacting too much is safe, too little leaks.
+_AUTHORITY = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<authority>[^/?# \t\r\n]*)")
+
+
+def redact_url(text: str) -> str:
+    """Replace the password of every ``scheme://user:password@`` in ``text``.
+
+    Userinfo ends at the authority's *last* ``@``, so a password with a raw ``@`` is still hidden whole.
+    """
+
+    def _redact(match: re.Match[str]) -> str:
+        userinfo, at, hostport = match["authority"].rpartition("@")
+        if not at:
+            return match[0]
+        user, colon, _password = userinfo.partition(":")
+        return f"{match['scheme']}{user}{':' + REDACTED if colon else ''}@{hostport}"
+
+    return _AUTHORITY.sub(_redact, text)

@@ -1,0 +1,1 @@
+"""The registry server: a drop-in for the original BOSH registry (routes, JSON, auth, config, table)."""

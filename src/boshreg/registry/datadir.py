@@ -1,0 +1,84 @@
+"""The zero-config data directory: an SQLite database and a generated admin password.
+
+``boshreg serve`` with no config file must be safe and useful at once: never the well-known
+``admin:admin``, and the same password on every restart so that deployed VMs keep working.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import stat
+from pathlib import Path
+
+from boshreg.endpoint import Endpoint
+from boshreg.registry.config import DEFAULT_PORT, DbConfig, HttpConfig, RegistryConfig
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATA_DIR = Path(".boshreg")
+PASSWORD_FILE = "admin-password"
+DATABASE_FILE = "registry.db"
+
+
+class DataDirError(Exception):
+    """The data directory cannot be created or read; the message says which path and why."""
+
+
+def admin_password(data_dir: Path) -> str:
+    """The data directory's admin password, generated (mode 0600) on first use."""
+    path = data_dir / PASSWORD_FILE
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return _read_password(path)
+        password = secrets.token_urlsafe(18)
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(password + "\n")
+        return password
+    except OSError as exc:
+        raise DataDirError(
+            f"cannot use data directory {data_dir}: {exc.strerror}; pass --data-dir with a writable directory"
+        ) from None
+
+
+def read_admin_password(data_dir: Path) -> str | None:
+    """The admin password if this data directory has one; never creates it."""
+    path = data_dir / PASSWORD_FILE
+    try:
+        return _read_password(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise DataDirError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _read_password(path: Path) -> str:
+    if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("%s is readable by other users; restrict it: chmod 600 %s", path, path)
+    password = path.read_text(encoding="ascii").strip()
+    if not password:
+        raise DataDirError(f"{path} is empty; delete it to have a new password generated")
+    return password
+
+
+def zero_config(data_dir: Path, *, host: str | None = None, port: int | None = None) -> RegistryConfig:
+    """The config ``serve`` uses without a file: SQLite and the generated password in ``data_dir``."""
+    http = HttpConfig(password=admin_password(data_dir))
+    if host is not None:
+        http = http.model_copy(update={"host": host})
+    if port is not None:
+        http = http.model_copy(update={"port": port})
+    db = DbConfig(adapter="sqlite", database=str((data_dir / DATABASE_FILE).resolve()))
+    return RegistryConfig(http=http, db=db)
+
+
+def local_endpoint(data_dir: Path, port: int = DEFAULT_PORT) -> Endpoint | None:
+    """The admin endpoint of a zero-config registry on this host, if ``data_dir`` belongs to one."""
+    password = read_admin_password(data_dir)
+    if password is None:
+        return None
+    return Endpoint(scheme="http", host="127.0.0.1", port=port, user="admin", password=password)

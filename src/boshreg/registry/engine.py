@@ -1,0 +1,89 @@
+"""Building a SQLAlchemy engine that fails fast and recovers by itself.
+
+Each database gets the connection options that bound how long a dead or stuck server can hold a
+request (connect and read timeouts), and SQLite gets WAL with durable commits. Statement parameters are
+hidden from error messages: they carry agent settings, which hold credentials.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL
+
+from boshreg.registry.config import DbConfig, sqlalchemy_url
+
+
+def build_engine(db: DbConfig) -> Engine:
+    """An engine for the configured database, with pool and timeouts taken from ``db``."""
+    url = sqlalchemy_url(db)
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(url, db)
+    connect_args: dict[str, Any] = {}
+    if backend == "postgresql":
+        timeout_ms = int(db.query_timeout * 1000)
+        connect_args = {
+            "connect_timeout": max(1, round(db.connect_timeout)),
+            "application_name": "boshreg-registry",
+            # A query may not run longer than the request that waits for it ...
+            "options": f"-c statement_timeout={timeout_ms}",
+            # ... and a server that stops answering mid-query drops the connection instead of hanging.
+            "tcp_user_timeout": timeout_ms,
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+        }
+    elif backend == "mysql":
+        connect_args = {
+            "connect_timeout": db.connect_timeout,
+            "read_timeout": db.query_timeout,
+            "write_timeout": db.query_timeout,
+            "charset": "utf8mb4",
+            # Strict mode turns "value too long" into an error instead of silent truncation (lost data).
+            "init_command": "SET SESSION sql_mode = CONCAT_WS(',', @@sql_mode, 'STRICT_ALL_TABLES')",
+        }
+    connect_args.update(db.connection_options)
+    return create_engine(
+        url,
+        pool_size=db.max_connections,
+        max_overflow=0,
+        pool_timeout=db.pool_timeout,
+        pool_pre_ping=True,
+        pool_recycle=3600,
+        hide_parameters=True,
+        connect_args=connect_args,
+    )
+
+
+def _sqlite_engine(url: URL, db: DbConfig) -> Engine:
+    database = url.database or ""
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    connect_args: dict[str, Any] = {"timeout": db.query_timeout, "check_same_thread": False}
+    connect_args.update(db.connection_options)
+    engine = create_engine(
+        url,
+        pool_size=db.max_connections,
+        max_overflow=0,
+        pool_timeout=db.pool_timeout,
+        hide_parameters=True,
+        connect_args=connect_args,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _durable_wal(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit is on disk before the PUT is answered, even in WAL mode.
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute(f"PRAGMA busy_timeout={int(db.query_timeout * 1000)}")
+        finally:
+            cursor.close()
+
+    return engine

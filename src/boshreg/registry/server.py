@@ -1,0 +1,145 @@
+"""Starting the registry: bind the socket, open the store, hand both to uvicorn.
+
+The socket is bound before anything is announced, so a port in use is one clear error and the printed
+endpoint is the one really being served (also when port 0 asked for any free port).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+from dataclasses import dataclass
+
+import psutil
+import uvicorn
+
+from boshreg.endpoint import Endpoint
+from boshreg.registry.app import create_app
+from boshreg.registry.config import RegistryConfig
+from boshreg.registry.engine import build_engine
+from boshreg.registry.store import SettingsStore, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+_WILDCARDS = {"0.0.0.0", "::", ""}  # noqa: S104 - names of "all interfaces", compared, not bound
+
+
+class ServeError(Exception):
+    """The registry cannot start; the message names the cause and the setting to change."""
+
+
+@dataclass(frozen=True)
+class Listening:
+    """A bound listening socket and the address VMs should use to reach it."""
+
+    sock: socket.socket
+    port: int
+    advertised_host: str
+
+
+def bind(host: str, port: int) -> Listening:
+    """Bind the registry's listening socket, or raise ServeError naming http.host / http.port."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        raise ServeError(
+            f"cannot listen on {host}:{port}: {exc.strerror}; "
+            "choose another http.port (--port) or http.host (--host)"
+        ) from None
+    sock.setblocking(False)
+    return Listening(sock=sock, port=sock.getsockname()[1], advertised_host=advertised_host(host))
+
+
+def advertised_host(bound_host: str) -> str:
+    """The address to put in VMs' endpoints: the bound one, or this host's first non-loopback IPv4."""
+    if bound_host not in _WILDCARDS:
+        return bound_host
+    for addresses in psutil.net_if_addrs().values():
+        for address in addresses:
+            if address.family != socket.AF_INET:
+                continue
+            ip = ipaddress.IPv4Address(address.address)
+            if not (ip.is_loopback or ip.is_link_local or ip.is_unspecified):
+                return str(ip)
+    return "127.0.0.1"
+
+
+def open_store(config: RegistryConfig) -> SettingsStore:
+    """The settings store; a database that is down now only delays readiness, it does not stop start-up."""
+    store = SettingsStore(build_engine(config.db))
+    try:
+        store.ensure_schema()
+    except StoreUnavailable as exc:
+        log.warning("%s; answering 503 until it is reachable", exc)
+    return store
+
+
+def serve(config: RegistryConfig, store: SettingsStore, listening: Listening) -> None:
+    """Serve until interrupted (SIGINT/SIGTERM), then close the database pool."""
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(config, store),
+            log_config=None,  # our handlers, with redaction
+            access_log=False,  # replaced by boshreg.access, one line per request
+            proxy_headers=False,  # the client address is the peer's; forwarded headers are not trusted
+            server_header=False,
+            lifespan="off",
+            timeout_graceful_shutdown=5,
+        )
+    )
+    try:
+        server.run(sockets=[listening.sock])
+    finally:
+        store.close()
+        listening.sock.close()
+
+
+def startup_message(
+    config: RegistryConfig, store: SettingsStore, listening: Listening, *, password_file: str | None = None
+) -> str:
+    """What ``serve`` prints once it listens: where it serves, where data lives, what to paste."""
+    host = config.http.host
+    shown_host = f"[{host}]" if ":" in host else host
+    endpoint = Endpoint(
+        scheme="http",
+        host=listening.advertised_host,
+        port=listening.port,
+        user=config.http.user,
+        password=config.http.password,
+    )
+    lines = [
+        f"boshreg registry listening on http://{shown_host}:{listening.port}",
+        f"  database: {store.database}",
+    ]
+    if password_file is None:
+        lines.append(f"  endpoint for VMs: {endpoint.redacted()} (password: http.password in the config)")
+    else:
+        lines += [
+            f"  admin password: kept in {password_file}",
+            "",
+            "Registry block for micro_bosh.yml (cloud.properties) or your CPI config:",
+            "",
+            "registry:",
+            f"  endpoint: {endpoint.url()}",
+            f"  user: {config.http.user}",
+            f"  password: {config.http.password}",
+        ]
+    if _is_loopback(listening.advertised_host):
+        lines += [
+            "",
+            f"warning: VMs cannot reach {listening.advertised_host}; serve on an address they "
+            "can reach (--host, http.host)",
+        ]
+    return "\n".join(lines)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host.lower() == "localhost"

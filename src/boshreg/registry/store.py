@@ -1,0 +1,212 @@
+"""Settings storage in the original registry's table, over any of the three databases.
+
+The table is exactly the one the original's migration created, so a database written by the original
+registry is served as it is. A database that is down is reported as ``StoreUnavailable`` (the caller
+answers 503) and the pool reconnects by itself once it is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import (
+    Column,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    delete,
+    inspect,
+    select,
+    text,
+    update,
+)
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.sql.dml import Insert
+
+from boshreg.endpoint import redact_url
+
+log = logging.getLogger(__name__)
+
+metadata = MetaData()
+
+registry_instances = Table(
+    "registry_instances",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    # Binary collation on MySQL: instance ids are case-sensitive everywhere else.
+    Column(
+        "instance_id",
+        String(255).with_variant(mysql.VARCHAR(255, collation="utf8mb4_bin"), "mysql", "mariadb"),
+        nullable=False,
+        unique=True,
+    ),
+    # LONGTEXT on MySQL for tables we create: TEXT stops at 64 KiB, below our body limit.
+    Column("settings", Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb"), nullable=False),
+)
+
+_MYSQL_DATA_TOO_LONG = 1406
+
+
+class StoreError(Exception):
+    """Base of the store's errors."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached or did not answer in time; try again later."""
+
+
+class SettingsRejected(StoreError):
+    """The database refused the value itself (e.g. larger than an existing column allows)."""
+
+    def __init__(self, message: str, *, too_large: bool = False) -> None:
+        super().__init__(message)
+        self.too_large = too_large
+
+
+class SettingsStore:
+    """Get, put and delete the settings text of one instance; blocking calls, run them in a thread."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._schema_ready = False
+        self._schema_lock = threading.Lock()
+        self._unique_instance_id = True
+
+    @property
+    def database(self) -> str:
+        """The database URL with its password hidden, for logs and the start-up banner."""
+        return redact_url(self.engine.url.render_as_string(hide_password=True))
+
+    def ensure_schema(self) -> None:
+        """Create the table when it is missing; an existing one (the original's) is used as it is."""
+        if self._schema_ready:
+            return
+        with self._schema_lock, self._translate_errors():
+            if self._schema_ready:
+                return
+            metadata.create_all(self.engine, checkfirst=True)
+            self._unique_instance_id = self._has_unique_instance_id()
+            if not self._unique_instance_id:
+                log.warning(
+                    "registry_instances.instance_id has no unique index; writes fall back to "
+                    "update-then-insert. Add one: CREATE UNIQUE INDEX registry_instances_"
+                    "instance_id_key ON registry_instances (instance_id)"
+                )
+            self._schema_ready = True
+
+    def get(self, instance_id: str) -> str | None:
+        """The stored settings text, exactly as it was written, or None."""
+        self.ensure_schema()
+        query = select(registry_instances.c.settings).where(registry_instances.c.instance_id == instance_id)
+        with self._translate_errors(), self.engine.connect() as conn:
+            value = conn.execute(query).scalar_one_or_none()
+        return value
+
+    def put(self, instance_id: str, settings: str) -> None:
+        """Create or replace the settings of one instance, committed before returning."""
+        self.ensure_schema()
+        with self._translate_errors(), self.engine.begin() as conn:
+            if self._unique_instance_id:
+                conn.execute(self._upsert(instance_id, settings))
+                return
+            changed = conn.execute(
+                update(registry_instances)
+                .where(registry_instances.c.instance_id == instance_id)
+                .values(settings=settings)
+            ).rowcount
+            if not changed:
+                conn.execute(registry_instances.insert().values(instance_id=instance_id, settings=settings))
+
+    def delete(self, instance_id: str) -> bool:
+        """Remove one instance's settings; False when there were none."""
+        self.ensure_schema()
+        statement = delete(registry_instances).where(registry_instances.c.instance_id == instance_id)
+        with self._translate_errors(), self.engine.begin() as conn:
+            return bool(conn.execute(statement).rowcount)
+
+    def count(self) -> int:
+        """How many instances have settings."""
+        self.ensure_schema()
+        with self._translate_errors(), self.engine.connect() as conn:
+            return int(conn.execute(text("SELECT COUNT(*) FROM registry_instances")).scalar_one())
+
+    def ping(self) -> None:
+        """Raise StoreUnavailable unless the database answers a query now."""
+        with self._translate_errors(), self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        self.ensure_schema()
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+    def _upsert(self, instance_id: str, settings: str) -> Insert:
+        values = {"instance_id": instance_id, "settings": settings}
+        dialect = self.engine.dialect.name
+        if dialect in ("mysql", "mariadb"):
+            mysql_insert = mysql.insert(registry_instances).values(values)
+            return mysql_insert.on_duplicate_key_update(settings=mysql_insert.inserted.settings)
+        key = [registry_instances.c.instance_id]
+        if dialect == "postgresql":
+            pg_insert = postgresql.insert(registry_instances).values(values)
+            return pg_insert.on_conflict_do_update(
+                index_elements=key, set_={"settings": pg_insert.excluded.settings}
+            )
+        lite_insert = sqlite.insert(registry_instances).values(values)
+        return lite_insert.on_conflict_do_update(
+            index_elements=key, set_={"settings": lite_insert.excluded.settings}
+        )
+
+    def _has_unique_instance_id(self) -> bool:
+        inspector = inspect(self.engine)
+        uniques: list[list[str | None]] = [
+            list(c["column_names"]) for c in inspector.get_unique_constraints("registry_instances")
+        ]
+        uniques += [
+            list(i["column_names"]) for i in inspector.get_indexes("registry_instances") if i.get("unique")
+        ]
+        return ["instance_id"] in uniques
+
+    @contextmanager
+    def _translate_errors(self) -> Iterator[None]:
+        """Turn driver errors into the store's own, with a short message and no SQL or parameters."""
+        try:
+            yield
+        except sa_exc.DataError as exc:
+            if _mysql_code(exc) == _MYSQL_DATA_TOO_LONG:
+                raise SettingsRejected(
+                    "settings are larger than the existing settings column holds (MySQL TEXT: 64 KiB); "
+                    "widen it: ALTER TABLE registry_instances MODIFY settings LONGTEXT NOT NULL",
+                    too_large=True,
+                ) from None
+            raise SettingsRejected(f"the database refused the settings: {_cause(exc)}") from None
+        except sa_exc.TimeoutError:
+            raise StoreUnavailable(
+                f"no free database connection within db.pool_timeout ({self.database}); "
+                "raise db.max_connections or db.pool_timeout"
+            ) from None
+        except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+            raise StoreUnavailable(f"database unavailable ({self.database}): {_cause(exc)}") from None
+        except sa_exc.DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise StoreUnavailable(f"database connection lost ({self.database}): {_cause(exc)}") from None
+            raise
+
+
+def _cause(exc: sa_exc.DBAPIError) -> str:
+    """The driver's own first line, without SQLAlchemy's SQL and parameter dump."""
+    original = exc.orig if exc.orig is not None else exc
+    lines = [line.strip() for line in str(original).splitlines() if line.strip()]
+    return redact_url(lines[0]) if lines else type(original).__name__
+
+
+def _mysql_code(exc: sa_exc.DBAPIError) -> int | None:
+    args = getattr(exc.orig, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None

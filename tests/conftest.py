@@ -1,0 +1,112 @@
+"""Fixtures shared by the suites: real databases and real registry processes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import URL
+
+from support.databases import BACKENDS, Backend, backend, required_backends, url_text
+from support.registry import ADMIN_PASSWORD, RegistryProcess, free_port, write_config
+
+_reasons: dict[str, str | None] = {}
+_skipped: dict[str, str] = {}
+
+
+def usable_backend(name: str) -> Backend:
+    """The backend, or a skip (a failure when the backend is required) saying why it is unusable."""
+    chosen = backend(name)
+    if name not in _reasons:
+        _reasons[name] = chosen.unavailable_reason()
+    reason = _reasons[name]
+    if reason is not None:
+        if name in required_backends():
+            pytest.fail(f"required backend is unavailable: {reason}")
+        _skipped[name] = reason
+        pytest.skip(f"backend unavailable: {reason}")
+    return chosen
+
+
+BACKEND_PARAMS = [pytest.param(name, marks=getattr(pytest.mark, name), id=name) for name in BACKENDS]
+SERVER_BACKEND_PARAMS = [p for p in BACKEND_PARAMS if p.id != "sqlite"]
+
+
+@pytest.fixture(params=BACKEND_PARAMS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[URL]:
+    """A fresh, empty database on each backend in turn."""
+    with usable_backend(request.param).fresh_database(tmp_path) as url:
+        yield url
+
+
+@pytest.fixture(params=SERVER_BACKEND_PARAMS)
+def server_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[URL]:
+    """A fresh, empty database on each networked backend (those that can go away)."""
+    with usable_backend(request.param).fresh_database(tmp_path) as url:
+        yield url
+
+
+class RegistryLauncher:
+    """Starts ``boshreg serve`` processes in one directory; ``close()`` stops them and checks their logs."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.started: list[RegistryProcess] = []
+
+    def __call__(
+        self,
+        db: URL | str | None = None,
+        *,
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        **http: Any,
+    ) -> RegistryProcess:
+        port = free_port()
+        if args is None:
+            db_text = url_text(db) if isinstance(db, URL) else db or f"sqlite:///{self.directory}/registry.db"
+            config = write_config(self.directory / f"registry-{port}.yml", db_text, port, **http)
+            args = ["--config", str(config)]
+        process = RegistryProcess(self.directory, [*args, "--port", str(port)], port, env)
+        self.started.append(process)
+        return process.start()
+
+    def close(self) -> None:
+        for process in self.started:
+            process.stop()
+        for process in self.started:
+            assert_no_secrets(process.stderr())
+
+
+StartRegistry = RegistryLauncher
+
+
+@pytest.fixture
+def start_registry(tmp_path: Path) -> Iterator[RegistryLauncher]:
+    """Start registry processes for one test."""
+    launcher = RegistryLauncher(tmp_path)
+    yield launcher
+    launcher.close()
+
+
+@pytest.fixture(scope="module")
+def shared_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
+    """One SQLite-backed registry for a whole module of HTTP tests (they use distinct instance ids)."""
+    launcher = RegistryLauncher(tmp_path_factory.mktemp("registry"))
+    yield launcher(additional_users=[{"username": "director", "password": "d1rector-pw"}])
+    launcher.close()
+
+
+def assert_no_secrets(log_text: str, *secrets: str) -> None:
+    """Logs may name users and URLs but never a password."""
+    for secret in (ADMIN_PASSWORD, "postgres:postgres@", *secrets):
+        assert secret not in log_text, f"a secret leaked into the registry log: {secret[:3]}..."
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _skipped:
+        terminalreporter.section("DATABASE BACKENDS SKIPPED", sep="!", red=True, bold=True)
+        for name, reason in sorted(_skipped.items()):
+            terminalreporter.line(f"{name}: {reason}", red=True)
+        terminalreporter.line("set BOSHREG_REQUIRE_BACKENDS=sqlite,postgres,mysql to make this a failure")

@@ -1,0 +1,95 @@
+"""A real ``boshreg serve`` process on a free loopback port, for tests that speak HTTP to it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+STARTUP_SECONDS = 30
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RegistryProcess:
+    """One registry process; its stdout and stderr are kept for assertions."""
+
+    def __init__(self, workdir: Path, args: list[str], port: int, env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.args = args
+        self.port = port
+        self.env = {**os.environ, **(env or {})}
+        self.stdout_path = workdir / f"registry-{port}.out"
+        self.stderr_path = workdir / f"registry-{port}.err"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> RegistryProcess:
+        with self.stdout_path.open("ab") as out, self.stderr_path.open("ab") as err:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "boshreg", "serve", *self.args],
+                cwd=self.workdir,
+                stdout=out,
+                stderr=err,
+                env=self.env,
+            )
+        self._wait_until_serving()
+        return self
+
+    def _wait_until_serving(self) -> None:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"registry exited with {self.process.returncode}: {self.stderr()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"registry did not answer /healthz within {STARTUP_SECONDS} s: {self.stderr()}")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace") if self.stdout_path.exists() else ""
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
+
+
+def write_config(path: Path, db: str, port: int, **http: Any) -> Path:
+    config = {
+        "loglevel": "info",
+        "http": {"host": "127.0.0.1", "port": port, "user": "admin", "password": ADMIN_PASSWORD, **http},
+        "db": db,
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+ADMIN_PASSWORD = "s3cret-Adm1n-pw"  # distinctive, so a leak into any log is found by a plain search

@@ -1,0 +1,116 @@
+"""The settings store against real SQLite, PostgreSQL and MariaDB databases."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import URL
+
+from boshreg.registry.config import DbConfig
+from boshreg.registry.engine import build_engine
+from boshreg.registry.store import SettingsRejected, SettingsStore
+from support.databases import original_table_ddl
+
+SETTINGS = '{"agent_id": "a-1",  "vm": {"name": "vm-1"}, "note": "kept  as   written"}'
+
+
+@pytest.fixture
+def store(database_url: URL) -> Iterator[SettingsStore]:
+    store = SettingsStore(build_engine(DbConfig(url=database_url.render_as_string(hide_password=False))))
+    store.ensure_schema()
+    yield store
+    store.close()
+
+
+def test_missing_instance_reads_as_none(store: SettingsStore) -> None:
+    assert store.get("vm-unknown") is None
+
+
+def test_put_then_get_returns_the_text_exactly(store: SettingsStore) -> None:
+    store.put("vm-1", SETTINGS)
+    assert store.get("vm-1") == SETTINGS
+
+
+def test_put_replaces_existing_settings(store: SettingsStore) -> None:
+    store.put("vm-1", SETTINGS)
+    store.put("vm-1", '{"agent_id": "a-2"}')
+    assert store.get("vm-1") == '{"agent_id": "a-2"}'
+    assert store.count() == 1
+
+
+def test_non_ascii_settings_survive_unchanged(store: SettingsStore) -> None:
+    settings = json.dumps({"env": {"motd": "Grüße, 世界 🚀", "escaped": "\\u00e9"}}, ensure_ascii=False)
+    store.put("vm-1", settings)
+    assert store.get("vm-1") == settings
+
+
+def test_large_settings_up_to_the_body_limit_are_kept(store: SettingsStore) -> None:
+    settings = json.dumps({"env": {"blob": "x" * (1024 * 1024 - 100)}})
+    store.put("vm-big", settings)
+    assert store.get("vm-big") == settings
+
+
+def test_instance_ids_are_case_sensitive(store: SettingsStore) -> None:
+    store.put("vm-A", '{"n": 1}')
+    store.put("vm-a", '{"n": 2}')
+    assert (store.get("vm-A"), store.get("vm-a")) == ('{"n": 1}', '{"n": 2}')
+
+
+def test_delete_reports_whether_something_was_removed(store: SettingsStore) -> None:
+    store.put("vm-1", SETTINGS)
+    assert store.delete("vm-1") is True
+    assert store.get("vm-1") is None
+    assert store.delete("vm-1") is False
+
+
+def test_concurrent_writers_to_one_instance_leave_one_row(store: SettingsStore) -> None:
+    documents = [json.dumps({"writer": n}) for n in range(40)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda doc: store.put("vm-race", doc), documents))
+    assert store.count() == 1
+    assert store.get("vm-race") in documents
+
+
+def test_ensure_schema_keeps_existing_rows(store: SettingsStore, database_url: URL) -> None:
+    store.put("vm-1", SETTINGS)
+    again = SettingsStore(build_engine(DbConfig(url=database_url.render_as_string(hide_password=False))))
+    again.ensure_schema()
+    assert again.get("vm-1") == SETTINGS
+    again.close()
+
+
+def test_ping_answers_when_the_database_is_up(store: SettingsStore) -> None:
+    store.ping()
+
+
+def test_table_without_unique_index_still_replaces_settings(database_url: URL) -> None:
+    url = database_url.render_as_string(hide_password=False)
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text(original_table_ddl(database_url, unique=False)))
+    engine.dispose()
+    store = SettingsStore(build_engine(DbConfig(url=url)))
+    store.put("vm-1", '{"v": 1}')
+    store.put("vm-1", '{"v": 2}')
+    assert store.get("vm-1") == '{"v": 2}'
+    assert store.count() == 1
+    store.close()
+
+
+@pytest.mark.parametrize("database_url", ["mysql"], indirect=True)
+def test_original_mysql_text_column_refuses_oversize_settings_clearly(database_url: URL) -> None:
+    url = database_url.render_as_string(hide_password=False)
+    engine = create_engine(url)
+    with engine.begin() as conn:  # the original's migration on MySQL: settings is TEXT (64 KiB)
+        conn.execute(text(original_table_ddl(database_url)))
+    engine.dispose()
+    store = SettingsStore(build_engine(DbConfig(url=url)))
+    with pytest.raises(SettingsRejected, match="LONGTEXT") as raised:
+        store.put("vm-1", json.dumps({"blob": "x" * 70_000}))
+    assert raised.value.too_large
+    assert store.get("vm-1") is None
+    store.close()
