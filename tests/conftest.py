@@ -61,12 +61,13 @@ class RegistryLauncher:
         *,
         args: list[str] | None = None,
         env: dict[str, str] | None = None,
+        loglevel: str = "info",
         **http: Any,
     ) -> RegistryProcess:
         port = free_port()
         if args is None:
             db_text = url_text(db) if isinstance(db, URL) else db or f"sqlite:///{self.directory}/registry.db"
-            config = write_config(self.directory / f"registry-{port}.yml", db_text, port, **http)
+            config = write_config(self.directory / f"registry-{port}.yml", db_text, port, loglevel, **http)
             args = ["--config", str(config)]
         process = RegistryProcess(self.directory, [*args, "--port", str(port)], port, env)
         self.started.append(process)

@@ -145,3 +145,19 @@ def test_registry_starts_while_the_database_is_down_and_serves_once_it_is_up(
         wait_for_status(http, f"{registry.url}/readyz", 200, RECOVERY_SECONDS)
         assert http.put(settings_url(registry.url, "vm-late"), content=b"{}").status_code == 200
     assert "answering 503 until it is reachable" in registry.stderr()
+
+
+def test_debug_logging_shows_no_credentials_or_settings(
+    database_url: URL, start_registry: RegistryLauncher
+) -> None:
+    registry = start_registry(database_url, loglevel="debug")
+    secret_settings = '{"mbus": "nats://nats:Mbus-Pa55word@10.0.0.6:4222"}'
+    with httpx.Client(timeout=10) as http:
+        vm = settings_url(registry.url, "vm-secret")
+        assert http.put(vm, content=secret_settings.encode(), auth=ADMIN).status_code == 200
+        assert http.get(vm, auth=ADMIN).json()["settings"] == secret_settings
+        assert http.get(vm, auth=("admin", "Wr0ng-Guess")).status_code == 401
+    log = registry.stderr()
+    assert "SELECT registry_instances.settings" in log  # SQL is logged at debug, as the original did
+    for secret in ("Mbus-Pa55word", "Wr0ng-Guess", ADMIN_PASSWORD):
+        assert secret not in log

@@ -15,7 +15,7 @@ import click
 from boshreg import __version__
 from boshreg.client import RegistryClient, RegistryClientError
 from boshreg.endpoint import Endpoint, EndpointError, parse_endpoint
-from boshreg.logs import setup_logging
+from boshreg.logs import LogSetupError, setup_logging
 from boshreg.registry.config import ConfigError, RegistryConfig, load_config, unknown_keys
 from boshreg.registry.datadir import (
     DEFAULT_DATA_DIR,
@@ -31,7 +31,7 @@ log = logging.getLogger("boshreg")
 EXIT_USAGE = 2
 
 # Errors that are the user's to fix: printed as one line, exit 2.
-USER_ERRORS = (ConfigError, DataDirError, ServeError, EndpointError, RegistryClientError)
+USER_ERRORS = (ConfigError, DataDirError, ServeError, EndpointError, RegistryClientError, LogSetupError)
 
 
 class CliError(Exception):
@@ -161,7 +161,8 @@ def settings() -> None:
 def settings_get(instance_id: str, endpoint: str | None, data_dir: Path, timeout: float) -> None:
     """Print the settings stored for INSTANCE_ID, exactly as stored."""
     with RegistryClient(_endpoint(endpoint, data_dir), timeout=timeout) as client:
-        click.echo(client.get_settings(instance_id))
+        settings_text = client.get_settings(instance_id)
+    click.echo(settings_text, nl=not settings_text.endswith("\n"))
 
 
 @settings.command("put")

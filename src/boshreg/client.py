@@ -81,11 +81,11 @@ class RegistryClient:
         body = _json_body(response)
         if response.status_code == 200 and body.get("status") == "ok":
             return body
-        detail = body.get("error") or body.get("status") or response.reason_phrase
-        hint = _HINTS.get(response.status_code, "")
-        raise RegistryClientError(
-            f"{method} {where}: {response.status_code} {detail}{hint}", response.status_code
+        # The registry's own message says what to do; the hints are for servers that give none.
+        detail = body.get("error") or (body.get("status") or response.reason_phrase) + _HINTS.get(
+            response.status_code, ""
         )
+        raise RegistryClientError(f"{method} {where}: {response.status_code} {detail}", response.status_code)
 
 
 _HINTS = {

@@ -17,14 +17,27 @@ class RedactingFormatter(logging.Formatter):
         return redact_url(super().format(record))
 
 
+class LogSetupError(Exception):
+    """The log file cannot be opened; the message names it and the key to change."""
+
+
 def setup_logging(level: str = "INFO", logfile: str | None = None) -> None:
     """Send all logs (ours and the server's) through one redacting handler."""
-    handler: logging.Handler = (
-        logging.FileHandler(logfile, encoding="utf-8") if logfile else logging.StreamHandler(sys.stderr)
-    )
+    handler: logging.Handler
+    try:
+        handler = (
+            logging.FileHandler(logfile, encoding="utf-8") if logfile else logging.StreamHandler(sys.stderr)
+        )
+    except OSError as exc:
+        raise LogSetupError(
+            f"cannot open logfile {logfile}: {exc.strerror}; fix the path or remove logfile"
+        ) from None
     handler.setFormatter(RedactingFormatter(FORMAT))
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level)
+    # At debug, log each SQL statement as the original registry did; parameters stay hidden (the engine
+    # is built with hide_parameters) because they carry the agents' credentials.
+    logging.getLogger("sqlalchemy.engine").setLevel(logging.INFO if level == "DEBUG" else logging.WARNING)

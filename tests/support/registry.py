@@ -82,9 +82,9 @@ class RegistryProcess:
         return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
 
 
-def write_config(path: Path, db: str, port: int, **http: Any) -> Path:
+def write_config(path: Path, db: str, port: int, loglevel: str = "info", **http: Any) -> Path:
     config = {
-        "loglevel": "info",
+        "loglevel": loglevel,
         "http": {"host": "127.0.0.1", "port": port, "user": "admin", "password": ADMIN_PASSWORD, **http},
         "db": db,
     }
