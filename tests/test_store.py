@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -114,3 +115,13 @@ def test_original_mysql_text_column_refuses_oversize_settings_clearly(database_u
     assert raised.value.too_large
     assert store.get("vm-1") is None
     store.close()
+
+
+def test_sqlite_runs_in_wal_mode_with_durable_commits(tmp_path: Path) -> None:
+    store = SettingsStore(build_engine(DbConfig(adapter="sqlite", database=str(tmp_path / "r.db"))))
+    store.put("vm-1", "{}")
+    with store.engine.connect() as conn:
+        journal_mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+        synchronous = conn.exec_driver_sql("PRAGMA synchronous").scalar()
+    store.close()
+    assert (journal_mode, synchronous) == ("wal", 2)  # 2 = FULL: fsync before the commit returns
