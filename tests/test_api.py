@@ -95,9 +95,7 @@ def test_put_without_credentials_is_refused_with_the_realm(http: httpx.Client) -
     assert_json_error(get(http, "vm-noauth"), 404, "not_found")
 
 
-@pytest.mark.parametrize(
-    "auth", [("admin", "wrong"), ("nobody", ADMIN_PASSWORD), ("director", ADMIN_PASSWORD)]
-)
+@pytest.mark.parametrize("auth", [("admin", "wrong"), ("nobody", ADMIN_PASSWORD), ("director", ADMIN_PASSWORD)])
 def test_put_with_wrong_credentials_is_refused(http: httpx.Client, auth: tuple[str, str]) -> None:
     assert_json_error(put(http, "vm-wrongauth", SETTINGS, auth=auth), 401, "access_denied")
     assert_json_error(get(http, "vm-wrongauth"), 404, "not_found")
@@ -235,9 +233,7 @@ def test_health_and_readiness(http: httpx.Client) -> None:
 # --- access log ----------------------------------------------------------------------------------
 
 
-def test_each_request_is_logged_once_without_credentials(
-    http: httpx.Client, shared_registry: RegistryProcess
-) -> None:
+def test_each_request_is_logged_once_without_credentials(http: httpx.Client, shared_registry: RegistryProcess) -> None:
     put(http, "vm-logged", SETTINGS)
     get(http, "vm-logged", auth=("admin", "a-wrong-password"))
     log = shared_registry.stderr()
@@ -248,8 +244,6 @@ def test_each_request_is_logged_once_without_credentials(
     assert "Basic " not in log
 
 
-def test_log_lines_cannot_be_forged_through_the_path(
-    http: httpx.Client, shared_registry: RegistryProcess
-) -> None:
+def test_log_lines_cannot_be_forged_through_the_path(http: httpx.Client, shared_registry: RegistryProcess) -> None:
     http.get("/instances/vm%0aFAKE%20LINE/settings", auth=ADMIN)
     assert "\nFAKE LINE" not in shared_registry.stderr()

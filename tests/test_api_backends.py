@@ -26,9 +26,7 @@ def settings_url(base: str, instance_id: str) -> str:
 
 def test_settings_round_trip_over_http(database_url: URL, start_registry: RegistryLauncher) -> None:
     registry = start_registry(database_url)
-    document = json.dumps(
-        {"agent_id": "a", "env": {"motd": "Grüße 🚀", "blob": "b" * 500_000}}, ensure_ascii=False
-    )
+    document = json.dumps({"agent_id": "a", "env": {"motd": "Grüße 🚀", "blob": "b" * 500_000}}, ensure_ascii=False)
     with httpx.Client(timeout=10, auth=ADMIN) as http:
         assert http.put(settings_url(registry.url, "vm-1"), content=document.encode()).status_code == 200
         assert http.get(settings_url(registry.url, "vm-1")).json() == {"status": "ok", "settings": document}
@@ -55,14 +53,10 @@ def test_database_written_by_the_original_registry_is_served_as_is(
     with httpx.Client(timeout=10, auth=ADMIN) as http:
         for instance_id, settings in rows.items():
             assert http.get(settings_url(registry.url, instance_id)).json()["settings"] == settings
-        assert (
-            http.put(settings_url(registry.url, "vm-old-1"), content=b'{"agent_id":"new"}').status_code == 200
-        )
+        assert http.put(settings_url(registry.url, "vm-old-1"), content=b'{"agent_id":"new"}').status_code == 200
         assert http.put(settings_url(registry.url, "vm-new"), content=b'{"agent_id":"n"}').status_code == 200
     with engine.connect() as conn:
-        stored: dict[str, int] = dict(
-            conn.execute(text("SELECT instance_id, id FROM registry_instances")).all()
-        )
+        stored: dict[str, int] = dict(conn.execute(text("SELECT instance_id, id FROM registry_instances")).all())
     engine.dispose()
     assert stored["vm-old-1"] == 1  # replaced in place: the row keeps its id
     assert set(stored) == {"vm-old-1", "vm-old-2", "vm-new"}
@@ -147,9 +141,7 @@ def test_registry_starts_while_the_database_is_down_and_serves_once_it_is_up(
     assert "answering 503 until it is reachable" in registry.stderr()
 
 
-def test_debug_logging_shows_no_credentials_or_settings(
-    database_url: URL, start_registry: RegistryLauncher
-) -> None:
+def test_debug_logging_shows_no_credentials_or_settings(database_url: URL, start_registry: RegistryLauncher) -> None:
     registry = start_registry(database_url, loglevel="debug")
     secret_settings = '{"mbus": "nats://nats:Mbus-Pa55word@10.0.0.6:4222"}'
     with httpx.Client(timeout=10) as http:

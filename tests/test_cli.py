@@ -2,47 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import RegistryLauncher
+from support.cli import assert_one_line_error, boshreg
 from support.registry import ADMIN_PASSWORD, RegistryProcess
-
-
-def boshreg(
-    *args: str,
-    cwd: Path,
-    stdin: bytes | None = None,
-    env: dict[str, str] | None = None,
-) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("BOSHREG_")}
-    return subprocess.run(
-        [sys.executable, "-m", "boshreg", *args],
-        cwd=cwd,
-        capture_output=True,
-        timeout=60,
-        input=stdin.decode() if stdin is not None else None,
-        text=True,
-        env={**environment, **(env or {})},
-    )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], *expected: str) -> None:
-    assert result.returncode == 2, result
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("boshreg: error: ")
-    for text in expected:
-        assert text in lines[0]
-    assert "Traceback" not in result.stderr
-
 
 # --- zero-config serve ---------------------------------------------------------------------------
 
@@ -91,17 +60,12 @@ def test_settings_commands_against_a_local_zero_config_registry(
     assert (got.returncode, got.stdout) == (0, '{"agent_id": "a-1"}\n')
     piped = boshreg("settings", "put", "vm-2", "-", cwd=tmp_path, stdin=b'{"agent_id": "a-2"}', env=env)
     assert piped.returncode == 0
-    assert (
-        boshreg("settings", "get", "vm-2", "--endpoint", endpoint, cwd=tmp_path).stdout
-        == '{"agent_id": "a-2"}\n'
-    )
+    assert boshreg("settings", "get", "vm-2", "--endpoint", endpoint, cwd=tmp_path).stdout == '{"agent_id": "a-2"}\n'
     assert boshreg("settings", "delete", "vm-2", cwd=tmp_path, env=env).returncode == 0
     assert_one_line_error(boshreg("settings", "get", "vm-2", cwd=tmp_path, env=env), "404", "vm-2")
 
 
-def test_settings_get_defaults_to_the_local_data_dir(
-    start_registry: RegistryLauncher, tmp_path: Path
-) -> None:
+def test_settings_get_defaults_to_the_local_data_dir(start_registry: RegistryLauncher, tmp_path: Path) -> None:
     # The default endpoint is the local zero-config registry on the default port; serve one there if free.
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", 25777)) == 0:
@@ -124,9 +88,7 @@ def test_bad_config_value_is_one_line_naming_the_key(tmp_path: Path) -> None:
 
 def test_unwritable_logfile_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "r.yml").write_text("logfile: /nonexistent/dir/registry.log\nhttp: {password: x}\n")
-    assert_one_line_error(
-        boshreg("serve", "--config", "r.yml", cwd=tmp_path), "/nonexistent/dir/registry.log"
-    )
+    assert_one_line_error(boshreg("serve", "--config", "r.yml", cwd=tmp_path), "/nonexistent/dir/registry.log")
 
 
 def test_missing_config_file_is_one_line(tmp_path: Path) -> None:
@@ -155,12 +117,8 @@ def test_client_error_names_the_redacted_endpoint_and_never_the_password(tmp_pat
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
-    result = boshreg(
-        "settings", "get", "vm-1", "--endpoint", f"http://admin:topsecret@127.0.0.1:{port}", cwd=tmp_path
-    )
-    assert_one_line_error(
-        result, f"http://admin:***@127.0.0.1:{port}/instances/vm-1/settings", "connection refused"
-    )
+    result = boshreg("settings", "get", "vm-1", "--endpoint", f"http://admin:topsecret@127.0.0.1:{port}", cwd=tmp_path)
+    assert_one_line_error(result, f"http://admin:***@127.0.0.1:{port}/instances/vm-1/settings", "connection refused")
     assert "topsecret" not in result.stderr
 
 

@@ -87,9 +87,7 @@ def test_db_may_be_one_url(url: str, driver: str) -> None:
 
 
 def test_unknown_keys_are_named_for_a_warning() -> None:
-    config = parse_config(
-        {"http": {"password": "p", "prot": 1}, "dbb": {}, "db": {"database": "x", "hots": "h"}}
-    )
+    config = parse_config({"http": {"password": "p", "prot": 1}, "dbb": {}, "db": {"database": "x", "hots": "h"}})
     assert sorted(unknown_keys(config)) == ["db.hots", "dbb", "http.prot"]
 
 

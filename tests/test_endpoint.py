@@ -47,7 +47,7 @@ def test_trailing_slash_is_harmless() -> None:
         (None, None, None, "registry.endpoint is missing"),
         ("", None, None, "registry.endpoint is missing"),
         ("http://10.0.0.5:25777", None, None, "has no credentials"),
-        ("http://admin@10.0.0.5:25777", None, None, "has no credentials"),
+        ("http://admin@10.0.0.5:25777", None, None, "has a user (admin) but no password"),
         ("http://a:one@h:1", None, "two", "password is given twice"),
         ("ftp://a:b@h", None, None, "scheme 'ftp'"),
         ("10.0.0.5:25777", None, None, "scheme"),
@@ -78,9 +78,7 @@ def test_printing_an_endpoint_never_shows_the_password() -> None:
         assert "admin:***@h:1" in text
 
 
-hosts = st.from_regex(
-    r"[a-z][a-z0-9-]{0,20}(\.[a-z][a-z0-9-]{0,10}){0,3}", fullmatch=True
-) | st.ip_addresses().map(str)
+hosts = st.from_regex(r"[a-z][a-z0-9-]{0,20}(\.[a-z][a-z0-9-]{0,10}){0,3}", fullmatch=True) | st.ip_addresses().map(str)
 users = st.text(min_size=1, max_size=20, alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]))
 passwords = st.text(min_size=4, max_size=40, alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]))
 

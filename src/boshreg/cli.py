@@ -5,16 +5,21 @@ Every error a user can cause is printed as one line naming the problem and the f
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TextIO
 
 import click
 
 from boshreg import __version__
 from boshreg.client import RegistryClient, RegistryClientError
-from boshreg.endpoint import Endpoint, EndpointError, parse_endpoint
+from boshreg.cpi.delivery import Delivery
+from boshreg.cpi.delivery import render as render_bootstrap
+from boshreg.cpi.inspect import RequestError, inspect_request
+from boshreg.doctor import ManifestError, diagnose, load_manifest
+from boshreg.endpoint import Endpoint, EndpointError, parse_endpoint, reachability_warnings
 from boshreg.logs import LogSetupError, setup_logging
 from boshreg.registry.config import ConfigError, RegistryConfig, load_config, unknown_keys
 from boshreg.registry.datadir import (
@@ -25,13 +30,25 @@ from boshreg.registry.datadir import (
     zero_config,
 )
 from boshreg.registry.server import ServeError, bind, open_store, serve, startup_message
+from boshreg.userdata import UserDataError, is_ip_address
+from boshreg.userdata import decode as decode_user_data
 
 log = logging.getLogger("boshreg")
 
 EXIT_USAGE = 2
 
 # Errors that are the user's to fix: printed as one line, exit 2.
-USER_ERRORS = (ConfigError, DataDirError, ServeError, EndpointError, RegistryClientError, LogSetupError)
+USER_ERRORS = (
+    ConfigError,
+    DataDirError,
+    ServeError,
+    EndpointError,
+    RegistryClientError,
+    LogSetupError,
+    UserDataError,
+    RequestError,
+    ManifestError,
+)
 
 
 class CliError(Exception):
@@ -193,6 +210,195 @@ def settings_delete(instance_id: str, endpoint: str | None, data_dir: Path, time
     click.echo(f"deleted settings of {instance_id}")
 
 
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+
+
+@cli.group("endpoint")
+def endpoint_group() -> None:
+    """Check registry endpoints before VMs depend on them."""
+
+
+@endpoint_group.command("check")
+@click.argument("url")
+@click.option("--user", help="Registry user, when not in the URL (registry.user).")
+@click.option(
+    "--password",
+    envvar="BOSHREG_PASSWORD",
+    help="Registry password, when not in the URL (registry.password). [env: BOSHREG_PASSWORD]",
+)
+@json_option
+@click.pass_context
+def endpoint_check(ctx: click.Context, url: str, user: str | None, password: str | None, as_json: bool) -> None:
+    """Validate and normalise a registry endpoint; warn when VMs could not reach it.
+
+    \b
+    Examples:
+      boshreg endpoint check http://admin:secret@10.0.0.5:25777
+      boshreg endpoint check http://10.0.0.5:25777 --user admin --password secret --json
+    """
+    try:
+        endpoint = parse_endpoint(url, user, password)
+    except EndpointError as exc:
+        if not as_json:
+            raise
+        _print_json({"valid": False, "error": exc.problem, "fix": exc.fix})
+        ctx.exit(EXIT_USAGE)
+    warnings = reachability_warnings(endpoint)
+    if as_json:
+        _print_json(
+            {
+                "valid": True,
+                "endpoint": endpoint.redacted(),
+                "user": endpoint.user,
+                "warnings": [{"problem": w.problem, "fix": w.fix} for w in warnings],
+            }
+        )
+        return
+    click.echo(endpoint.redacted())
+    for warning in warnings:
+        click.echo(f"warning: {warning}", err=True)
+
+
+@cli.group("userdata")
+def userdata_group() -> None:
+    """Build the user data the CPI gives nova."""
+
+
+@userdata_group.command("render")
+@click.option("--name", required=True, help="The VM's server name (server.name; the registry key).")
+@click.option("--endpoint", "endpoint_url", help="Registry endpoint; user:password@ in it or given apart.")
+@click.option("--user", help="Registry user, when not in the endpoint.")
+@click.option("--password", envvar="BOSHREG_PASSWORD", help="Registry password, when not in the endpoint.")
+@click.option(
+    "--settings",
+    "settings_file",
+    type=click.File("rb"),
+    help="Agent settings JSON to embed (registry-less user data, current BOSH).",
+)
+@click.option("--dns", multiple=True, help="A DNS server for dns.nameserver (repeatable).")
+@click.option("--public-key", "public_key_file", type=click.File("r"), help="SSH public key file.")
+@click.option(
+    "--delivery",
+    type=click.Choice([d.value for d in Delivery]),
+    default=Delivery.METADATA.value,
+    show_default=True,
+    help="metadata: portable; config-drive and legacy pin the VM to its drive.",
+)
+@json_option
+def userdata_render(
+    name: str,
+    endpoint_url: str | None,
+    user: str | None,
+    password: str | None,
+    settings_file: BinaryIO | None,
+    dns: tuple[str, ...],
+    public_key_file: TextIO | None,
+    delivery: str,
+    as_json: bool,
+) -> None:
+    """Render the user data and the nova create-server fragment for one VM.
+
+    \b
+    Examples:
+      boshreg userdata render --name vm-3f1c --endpoint http://admin:secret@10.0.0.5:25777 --dns 10.0.0.2
+      boshreg userdata render --name vm-3f1c --settings settings.json --json
+    """
+    if endpoint_url is None and settings_file is None:
+        raise CliError("give --endpoint (registry mode) or --settings (registry-less), or both")
+    endpoint = parse_endpoint(endpoint_url, user, password, key="--endpoint") if endpoint_url else None
+    settings = decode_user_data(settings_file.read(), f"--settings {settings_file.name}") if settings_file else None
+    for server in dns:
+        if not is_ip_address(server):
+            raise CliError(f"--dns {server!r} is not an IP address")
+    bootstrap = render_bootstrap(
+        name,
+        endpoint=endpoint,
+        settings=settings,
+        dns=list(dns),
+        public_key=public_key_file.read() if public_key_file else None,
+        delivery=Delivery(delivery),
+    )
+    fragment = bootstrap.nova_fragment()
+    if as_json:
+        _print_json(
+            {
+                "delivery": bootstrap.delivery.value,
+                "verdict": bootstrap.verdict,
+                "user_data": bootstrap.user_data,
+                "nova": fragment,
+                "openstacksdk": bootstrap.openstacksdk_kwargs(),
+            }
+        )
+        return
+    click.echo(json.dumps(bootstrap.user_data, indent=2, ensure_ascii=False))
+    click.echo(f'\nnova POST /servers, under "server" ({bootstrap.delivery.value} delivery):')
+    click.echo(json.dumps(fragment, indent=2))
+    click.echo(f"\nverdict: {bootstrap.verdict}")
+
+
+@cli.command("inspect")
+@click.argument("request_file", metavar="REQUEST.json", type=click.File("rb"))
+@json_option
+@click.pass_context
+def inspect_command(ctx: click.Context, request_file: BinaryIO, as_json: bool) -> None:
+    """Inspect a captured nova create-server request: channels, copies, and the verdict.
+
+    Exit 0 when the VM is portable, 1 when it depends on a config drive (or cannot boot), 2 for a request
+    that cannot be read.
+
+    \b
+    Example:
+      boshreg inspect create-server.json
+    """
+    try:
+        request = json.loads(request_file.read())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CliError(
+            f'{request_file.name} is not JSON ({exc}); paste the request body, {{"server": {{...}}}}'
+        ) from None
+    inspection = inspect_request(request)
+    if as_json:
+        _print_json(inspection.to_json())
+    else:
+        click.echo(inspection.to_text())
+    ctx.exit(1 if inspection.pinned else 0)
+
+
+@cli.command("doctor")
+@click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--online", is_flag=True, help="Also ask the registry whether it accepts the credentials.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0.1, 60),
+    default=3.0,
+    show_default=True,
+    help="Seconds to wait for the registry with --online.",
+)
+@json_option
+@click.pass_context
+def doctor_command(ctx: click.Context, manifest: Path, online: bool, timeout: float, as_json: bool) -> None:
+    """Check a deployment manifest or CPI properties file before deploying.
+
+    Reads cloud.properties (micro_bosh.yml), cloud_provider.properties, or the same keys at the top
+    level. Exit 0 when nothing fails, 1 otherwise, 2 for an unreadable file.
+
+    \b
+    Examples:
+      boshreg doctor micro_bosh.yml
+      boshreg doctor cpi.yml --online --json
+    """
+    report = diagnose(load_manifest(manifest), str(manifest), online=online, timeout=timeout)
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        click.echo(report.to_text())
+    ctx.exit(1 if report.failed else 0)
+
+
+def _print_json(document: object) -> None:
+    click.echo(json.dumps(document, indent=2, ensure_ascii=False))
+
+
 def _endpoint(url: str | None, data_dir: Path) -> Endpoint:
     if url:
         return parse_endpoint(url, key="--endpoint", require_credentials=False)
@@ -208,7 +414,9 @@ def _endpoint(url: str | None, data_dir: Path) -> Endpoint:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the command, turning every user error into one line and exit code 2."""
     try:
-        cli.main(args=argv, prog_name="boshreg", standalone_mode=False)
+        # Without standalone mode, click returns the code given to ctx.exit() instead of raising it.
+        code = cli.main(args=argv, prog_name="boshreg", standalone_mode=False)
+        return code if isinstance(code, int) else 0
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.exceptions.Abort:
@@ -222,7 +430,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
-    return 0
 
 
 def _one_line(message: str) -> str:

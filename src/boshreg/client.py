@@ -59,9 +59,7 @@ class RegistryClient:
         self._call("DELETE", instance_id)
 
     def _where(self, instance_id: str) -> str:
-        return self.endpoint.settings_url(instance_id).replace(
-            self.endpoint.base_url, self.endpoint.redacted(), 1
-        )
+        return self.endpoint.settings_url(instance_id).replace(self.endpoint.base_url, self.endpoint.redacted(), 1)
 
     def _call(self, method: str, instance_id: str, content: bytes | None = None) -> dict[str, Any]:
         url = self.endpoint.settings_url(instance_id)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
+import threading
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit
 
@@ -120,8 +122,9 @@ def parse_endpoint(
     final_user = _merge(url_user, user, f"{key} user", "registry.user")
     final_password = _merge(url_password, password, f"{key} password", "registry.password")
     if require_credentials and (final_user is None or final_password is None):
+        missing = "no credentials" if final_user is None else f"a user ({final_user}) but no password"
         raise EndpointError(
-            f"{key} has no credentials ({redact_url(text)}); the agent would be refused",
+            f"{key} has {missing} ({redact_url(text)}); the agent would be refused",
             f"put them in the URL ({_EXAMPLE}) or set registry.user and registry.password",
         )
     return Endpoint(
@@ -168,3 +171,98 @@ def redact_url(text: str) -> str:
         return f"{match['scheme']}{user}{':' + REDACTED if colon else ''}@{hostport}"
 
     return _AUTHORITY.sub(_redact, text)
+
+
+OLD_DEFAULT_PORT = 25695  # the port of the old deployer's default endpoint, http://admin:admin@localhost:25695
+_WELL_KNOWN = {("admin", "admin")}
+
+
+@dataclass(frozen=True)
+class EndpointWarning:
+    """Something that will likely stop VMs from using an endpoint, and what to do about it."""
+
+    problem: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.problem}; {self.fix}"
+
+
+def reachability_warnings(endpoint: Endpoint, *, resolve: bool = True, timeout: float = 2.0) -> list[EndpointWarning]:
+    """Why VMs may fail to reach or use ``endpoint``; empty when nothing looks wrong from here."""
+    warnings: list[EndpointWarning] = []
+    where = endpoint.redacted()
+    routable_fix = f"give the registry host's address on the VMs' network, e.g. {_EXAMPLE}"
+    address = _ip_or_none(endpoint.host)
+    if endpoint.host == "localhost" or (address is not None and address.is_loopback):
+        warnings.append(
+            EndpointWarning(
+                f"{where} is a loopback address: a VM connecting to it reaches itself, not the registry "
+                "(only a deployer's SSH tunnel makes that work)",
+                routable_fix,
+            )
+        )
+    elif address is not None and address.is_unspecified:
+        warnings.append(
+            EndpointWarning(f"{where}: {endpoint.host} is a listen-on-all address, not one to connect to", routable_fix)
+        )
+    elif address is None and resolve:
+        resolved = _resolve(endpoint.host, endpoint.port, timeout)
+        if resolved is None:
+            warnings.append(
+                EndpointWarning(
+                    f"{where}: {endpoint.host} does not resolve here",
+                    "make sure VMs resolve it (the user data's dns.nameserver), or give an IP address",
+                )
+            )
+        elif resolved and all(_is_loopback_ip(ip) for ip in resolved):
+            warnings.append(
+                EndpointWarning(
+                    f"{where}: {endpoint.host} resolves to loopback here ({', '.join(resolved)})", routable_fix
+                )
+            )
+    if endpoint.port == OLD_DEFAULT_PORT:
+        warnings.append(
+            EndpointWarning(
+                f"{where} uses port {OLD_DEFAULT_PORT}, the old deployer's default",
+                "use the port the registry listens on (http.port, 25777 by default)",
+            )
+        )
+    if (endpoint.user, endpoint.password) in _WELL_KNOWN:
+        warnings.append(
+            EndpointWarning(
+                f"{where} uses the well-known credentials admin:admin: anyone who can reach the registry can read "
+                "every VM's settings",
+                "use a generated password (`boshreg serve` prints one in its registry block)",
+            )
+        )
+    return warnings
+
+
+def _ip_or_none(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def _is_loopback_ip(text: str) -> bool:
+    address = _ip_or_none(text)
+    return address is not None and address.is_loopback
+
+
+def _resolve(host: str, port: int, timeout: float) -> list[str] | None:
+    """The addresses ``host`` resolves to here, or None; bounded by ``timeout`` (getaddrinfo has none)."""
+    result: list[list[str] | None] = [None]
+
+    def lookup() -> None:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            result[0] = sorted({str(info[4][0]) for info in infos})
+        except OSError:
+            result[0] = None
+
+    worker = threading.Thread(target=lookup, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return result[0]

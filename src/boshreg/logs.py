@@ -25,13 +25,9 @@ def setup_logging(level: str = "INFO", logfile: str | None = None) -> None:
     """Send all logs (ours and the server's) through one redacting handler."""
     handler: logging.Handler
     try:
-        handler = (
-            logging.FileHandler(logfile, encoding="utf-8") if logfile else logging.StreamHandler(sys.stderr)
-        )
+        handler = logging.FileHandler(logfile, encoding="utf-8") if logfile else logging.StreamHandler(sys.stderr)
     except OSError as exc:
-        raise LogSetupError(
-            f"cannot open logfile {logfile}: {exc.strerror}; fix the path or remove logfile"
-        ) from None
+        raise LogSetupError(f"cannot open logfile {logfile}: {exc.strerror}; fix the path or remove logfile") from None
     handler.setFormatter(RedactingFormatter(FORMAT))
     root = logging.getLogger()
     for existing in list(root.handlers):

@@ -45,9 +45,7 @@ class Backend:
                 conn.execute(text("SELECT 1"))
             engine.dispose()
         except Exception as exc:
-            return (
-                f"{self.name} at {self.admin_url.render_as_string(hide_password=True)}: {exc}".splitlines()[0]
-            )
+            return f"{self.name} at {self.admin_url.render_as_string(hide_password=True)}: {exc}".splitlines()[0]
         return None
 
     @contextmanager

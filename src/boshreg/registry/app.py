@@ -132,9 +132,7 @@ class RegistryApi:
         """Run a blocking store call in a worker thread, bounded by http.request_timeout."""
         try:
             with anyio.fail_after(self.timeout):
-                return await anyio.to_thread.run_sync(
-                    func, *args, abandon_on_cancel=True, limiter=self.limiter
-                )
+                return await anyio.to_thread.run_sync(func, *args, abandon_on_cancel=True, limiter=self.limiter)
         except TimeoutError:
             raise StoreUnavailable(
                 f"the database did not answer within http.request_timeout ({self.timeout:g} s)"
@@ -146,9 +144,7 @@ async def _http_error(_request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         return error(404, "not_found", "no such route; the API is /instances/<id>/settings")
     if exc.status_code == 405:
-        return error(
-            405, "error", "method not allowed here; use GET, PUT or DELETE", Allow="GET, HEAD, PUT, DELETE"
-        )
+        return error(405, "error", "method not allowed here; use GET, PUT or DELETE", Allow="GET, HEAD, PUT, DELETE")
     return error(exc.status_code, "error", str(exc.detail))
 
 

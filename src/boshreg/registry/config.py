@@ -159,8 +159,7 @@ class RegistryConfig(_Section):
     def _password_given(self) -> RegistryConfig:
         if self.http.password is None:
             raise ValueError(
-                "http.password is missing: set http.password (or start without a config "
-                "file to have one generated)"
+                "http.password is missing: set http.password (or start without a config file to have one generated)"
             )
         if self.http.allow_anonymous_reads and self.cloud is not None:
             raise ValueError(

@@ -21,9 +21,7 @@ def check_instance_id(instance_id: str) -> str:
     if INSTANCE_ID.fullmatch(instance_id):
         return instance_id
     shown = instance_id if len(instance_id) <= 64 else instance_id[:64] + "..."
-    raise PayloadError(
-        f"invalid instance id {shown!r}: use 1 to 255 characters of letters, digits and . _ : -"
-    )
+    raise PayloadError(f"invalid instance id {shown!r}: use 1 to 255 characters of letters, digits and . _ : -")
 
 
 def _reject_constant(name: str) -> None:
@@ -43,9 +41,7 @@ def check_settings(body: bytes) -> str:
     try:
         document = json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
-        raise PayloadError(
-            f"settings are not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from None
+        raise PayloadError(f"settings are not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise PayloadError("settings are nested too deeply to be agent settings") from None
     if not isinstance(document, dict):

@@ -48,8 +48,7 @@ def bind(host: str, port: int) -> Listening:
         sock.listen(2048)
     except OSError as exc:
         raise ServeError(
-            f"cannot listen on {host}:{port}: {exc.strerror}; "
-            "choose another http.port (--port) or http.host (--host)"
+            f"cannot listen on {host}:{port}: {exc.strerror}; choose another http.port (--port) or http.host (--host)"
         ) from None
     sock.setblocking(False)
     return Listening(sock=sock, port=sock.getsockname()[1], advertised_host=advertised_host(host))

@@ -156,22 +156,16 @@ class SettingsStore:
         key = [registry_instances.c.instance_id]
         if dialect == "postgresql":
             pg_insert = postgresql.insert(registry_instances).values(values)
-            return pg_insert.on_conflict_do_update(
-                index_elements=key, set_={"settings": pg_insert.excluded.settings}
-            )
+            return pg_insert.on_conflict_do_update(index_elements=key, set_={"settings": pg_insert.excluded.settings})
         lite_insert = sqlite.insert(registry_instances).values(values)
-        return lite_insert.on_conflict_do_update(
-            index_elements=key, set_={"settings": lite_insert.excluded.settings}
-        )
+        return lite_insert.on_conflict_do_update(index_elements=key, set_={"settings": lite_insert.excluded.settings})
 
     def _has_unique_instance_id(self) -> bool:
         inspector = inspect(self.engine)
         uniques: list[list[str | None]] = [
             list(c["column_names"]) for c in inspector.get_unique_constraints("registry_instances")
         ]
-        uniques += [
-            list(i["column_names"]) for i in inspector.get_indexes("registry_instances") if i.get("unique")
-        ]
+        uniques += [list(i["column_names"]) for i in inspector.get_indexes("registry_instances") if i.get("unique")]
         return ["instance_id"] in uniques
 
     @contextmanager

@@ -1,0 +1,155 @@
+"""The user data document: what the CPI gives nova and bosh-agent reads at boot.
+
+Two shapes exist. Registry mode (older stemcells): ``server.name`` and ``registry.endpoint`` tell the
+agent where to fetch its settings. Registry-less mode (current BOSH): the agent settings' keys sit at
+the top level, and a non-empty ``agent_id`` means "these are the settings". Standard library only: the
+agent side decodes and validates with the same code inside VMs.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from boshreg.endpoint import Endpoint, EndpointError, parse_endpoint
+
+# Nova refuses user data over 65,535 characters once base64-encoded: 49,149 raw bytes at most.
+NOVA_MAX_BASE64 = 65_535
+NOVA_MAX_RAW = NOVA_MAX_BASE64 // 4 * 3
+
+# Keys the agent reads from user data itself; the rest of a registry-less document is agent settings.
+BOOTSTRAP_KEYS = ("server", "registry", "dns", "openssh")
+
+
+class UserDataError(ValueError):
+    """User data that cannot be built, decoded or used; the message names the key or field."""
+
+
+def build_user_data(
+    name: str,
+    endpoint: Endpoint | None = None,
+    networks: Mapping[str, Any] | None = None,
+    public_key: str | None = None,
+    settings: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The document the CPI sends: registry mode with ``endpoint``, registry-less with ``settings``."""
+    if not name:
+        raise UserDataError("server.name is empty: the agent keys the registry by it")
+    if endpoint is None and settings is None:
+        raise UserDataError("neither a registry endpoint nor agent settings: the agent would find nothing")
+    document: dict[str, Any] = {}
+    if settings is not None:
+        overlap = sorted(set(settings) & set(BOOTSTRAP_KEYS))
+        if overlap:
+            raise UserDataError(
+                f"agent settings may not carry {', '.join(overlap)}: those keys belong to the user data itself"
+            )
+        if not settings.get("agent_id"):
+            raise UserDataError(
+                "agent settings have no agent_id: without it the agent ignores them and looks for a registry"
+            )
+        document.update(settings)
+    document["server"] = {"name": name}
+    if endpoint is not None:
+        if not endpoint.has_credentials:
+            raise UserDataError(f"registry endpoint {endpoint} has no credentials: the agent would be refused")
+        document["registry"] = {"endpoint": endpoint.url()}
+    nameservers = first_dns(networks or {})
+    if nameservers:
+        document["dns"] = {"nameserver": nameservers}
+    if public_key:
+        document["openssh"] = {"public_key": public_key.strip()}
+    return document
+
+
+def first_dns(networks: Mapping[str, Any]) -> list[str]:
+    """The ``dns`` list of the first network that has one, as the OpenStack CPI picks it."""
+    for spec in networks.values():
+        if isinstance(spec, Mapping) and spec.get("dns"):
+            return [str(server) for server in spec["dns"]]
+    return []
+
+
+def encode(document: Mapping[str, Any]) -> bytes:
+    """The document as compact JSON bytes, checked against nova's size limit."""
+    raw = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    check_size(raw)
+    return raw
+
+
+def encode_base64(document: Mapping[str, Any]) -> str:
+    """The document as nova's ``user_data`` field wants it."""
+    return base64.b64encode(encode(document)).decode("ascii")
+
+
+def check_size(raw: bytes) -> None:
+    """Raise before any API call when nova would refuse the user data for its size."""
+    encoded = (len(raw) + 2) // 3 * 4
+    if encoded > NOVA_MAX_BASE64:
+        raise UserDataError(
+            f"user data is {len(raw):,} bytes ({encoded:,} once base64-encoded); nova accepts at most "
+            f"{NOVA_MAX_RAW:,} bytes ({NOVA_MAX_BASE64:,} encoded). Use registry mode for large settings"
+        )
+
+
+def decode(raw: bytes | str, field: str = "user data") -> dict[str, Any]:
+    """Parse user data bytes (JSON object); ``field`` names where they came from in errors."""
+    try:
+        text = raw.decode("utf-8", "strict") if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError:
+        raise UserDataError(f"{field} is not UTF-8 text") from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserDataError(f"{field} is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise UserDataError(f"{field} is nested too deeply") from None
+    if not isinstance(document, dict):
+        raise UserDataError(f"{field} is JSON but not an object")
+    return document
+
+
+def is_registry_less(document: Mapping[str, Any]) -> bool:
+    """True when the document carries the settings themselves (non-empty ``agent_id``)."""
+    return bool(document.get("agent_id"))
+
+
+def validate(document: Mapping[str, Any]) -> list[str]:
+    """Every problem that would stop an agent, each naming its key; empty when usable."""
+    problems: list[str] = []
+    server = document.get("server")
+    if not isinstance(server, Mapping) or not isinstance(server.get("name"), str) or not server["name"]:
+        problems.append("server.name is missing or empty: the agent keys the registry by it")
+    if not is_registry_less(document):
+        registry = document.get("registry")
+        raw_endpoint = registry.get("endpoint") if isinstance(registry, Mapping) else None
+        if not isinstance(raw_endpoint, str):
+            problems.append("registry.endpoint is missing and there is no agent_id: the agent finds no settings")
+        else:
+            try:
+                parse_endpoint(raw_endpoint)
+            except EndpointError as exc:
+                problems.append(str(exc))
+    dns = document.get("dns")
+    if dns is not None:
+        servers = dns.get("nameserver") if isinstance(dns, Mapping) else None
+        if not isinstance(servers, list):
+            problems.append("dns.nameserver must be a list of IP addresses")
+        else:
+            problems += [f"dns.nameserver: {s!r} is not an IP address" for s in servers if not is_ip_address(s)]
+    openssh = document.get("openssh")
+    if openssh is not None and not (isinstance(openssh, Mapping) and isinstance(openssh.get("public_key"), str)):
+        problems.append("openssh.public_key must be a string")
+    return problems
+
+
+def is_ip_address(value: object) -> bool:
+    """True for an IPv4 or IPv6 address literal."""
+    try:
+        ipaddress.ip_address(str(value))
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,65 @@
+"""Any input to a parser yields a value or that module's own error type, never another exception."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from boshreg.cpi import RequestError, inspect_request
+from boshreg.endpoint import EndpointError, parse_endpoint, redact_url
+from boshreg.userdata import UserDataError, decode, validate
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(st.text(max_size=200), st.none() | st.text(max_size=20), st.none() | st.text(max_size=20))
+def test_parse_endpoint_never_raises_anything_else(url: str, user: str | None, password: str | None) -> None:
+    try:
+        endpoint = parse_endpoint(url, user, password)
+    except EndpointError:
+        return
+    assert endpoint.password is not None
+    assert redact_url(endpoint.url()) == endpoint.redacted()
+
+
+@given(st.binary(max_size=300) | json_values.map(lambda v: json.dumps(v).encode()))
+def test_decode_user_data_never_raises_anything_else(raw: bytes) -> None:
+    try:
+        document = decode(raw)
+    except UserDataError:
+        return
+    assert isinstance(validate(document), list)
+
+
+server_fields = st.fixed_dictionaries(
+    {},
+    optional={
+        "user_data": st.text(max_size=40)
+        | json_values.map(lambda v: base64.b64encode(json.dumps(v).encode()).decode()),
+        "config_drive": json_values,
+        "personality": st.lists(
+            st.fixed_dictionaries({}, optional={"path": st.text(max_size=30) | json_values, "contents": json_values}),
+            max_size=3,
+        )
+        | json_values,
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(json_values, server_fields, server_fields.map(lambda s: {"server": s})))
+def test_inspect_never_raises_anything_else(request: object) -> None:
+    try:
+        inspection = inspect_request(request)
+    except RequestError:
+        return
+    assert inspection.verdict in ("portable", "pinned", "unbootable")
+    inspection.to_text()
+    json.dumps(inspection.to_json())
