@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test lint typecheck unit databases clean
+.PHONY: setup run test lint typecheck unit databases tools clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,12 +28,16 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP) databases
+unit: $(STAMP) databases tools
 	$(BIN)/pytest
 
 ## Start PostgreSQL and MariaDB if they are down (install them as root if missing).
 databases:
 	@bash scripts/ensure-databases.sh
+
+## Install the Debian tools the tests use (genisoimage) when missing, as root.
+tools:
+	@bash scripts/ensure-tools.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis src/*.egg-info

@@ -2,7 +2,7 @@
 # Make PostgreSQL (127.0.0.1:5432) and MariaDB (127.0.0.1:3306) answer for the test suite.
 # A server that is installed but down is started; one that is missing is installed from Debian packages
 # when running as root. This script never fails the build by itself: the test suite decides whether a
-# missing backend is skipped (loudly) or fatal (BOSHREG_REQUIRE_BACKENDS, set by CI).
+# missing backend is skipped (loudly) or fatal (BOSHREG_REQUIRE, set by CI).
 set -u
 
 say() { echo "databases: $*"; }

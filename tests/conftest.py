@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import URL
 
-from support.databases import BACKENDS, Backend, backend, required_backends, url_text
+from support.databases import BACKENDS, Backend, backend, required, url_text
 from support.registry import ADMIN_PASSWORD, RegistryProcess, free_port, write_config
 
 _reasons: dict[str, str | None] = {}
@@ -23,11 +24,29 @@ def usable_backend(name: str) -> Backend:
         _reasons[name] = chosen.unavailable_reason()
     reason = _reasons[name]
     if reason is not None:
-        if name in required_backends():
+        if name in required():
             pytest.fail(f"required backend is unavailable: {reason}")
         _skipped[name] = reason
         pytest.skip(f"backend unavailable: {reason}")
     return chosen
+
+
+def required_tool(name: str, install_hint: str) -> str:
+    """The tool's path, or a skip (a failure when it is required) saying how to install it."""
+    path = shutil.which(name)
+    if path is None:
+        reason = f"{name} is not installed ({install_hint})"
+        if name in required():
+            pytest.fail(f"required tool is missing: {reason}")
+        _skipped[name] = reason
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture(scope="session")
+def genisoimage() -> str:
+    """Nova's own config drive tool, for proving layout compatibility."""
+    return required_tool("genisoimage", "apt-get install genisoimage, or make tools as root")
 
 
 BACKEND_PARAMS = [pytest.param(name, marks=getattr(pytest.mark, name), id=name) for name in BACKENDS]
@@ -107,7 +126,7 @@ def assert_no_secrets(log_text: str, *secrets: str) -> None:
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if _skipped:
-        terminalreporter.section("DATABASE BACKENDS SKIPPED", sep="!", red=True, bold=True)
+        terminalreporter.section("BACKENDS AND TOOLS SKIPPED", sep="!", red=True, bold=True)
         for name, reason in sorted(_skipped.items()):
             terminalreporter.line(f"{name}: {reason}", red=True)
-        terminalreporter.line("set BOSHREG_REQUIRE_BACKENDS=sqlite,postgres,mysql to make this a failure")
+        terminalreporter.line("set BOSHREG_REQUIRE=sqlite,postgres,mysql,genisoimage to make this a failure")

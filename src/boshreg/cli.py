@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import tempfile
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
 import click
 
 from boshreg import __version__
+from boshreg.agent.cli import main as agent_main
 from boshreg.client import RegistryClient, RegistryClientError
 from boshreg.cpi.delivery import Delivery
 from boshreg.cpi.delivery import render as render_bootstrap
@@ -30,6 +32,10 @@ from boshreg.registry.datadir import (
     zero_config,
 )
 from boshreg.registry.server import ServeError, bind, open_store, serve, startup_message
+from boshreg.testcloud.boot import boot
+from boshreg.testcloud.configdrive import drive_files, write_iso
+from boshreg.testcloud.metadata import MetadataServer
+from boshreg.testcloud.vms import TestCloudError, TestVm, default_meta_data, parse_listen, parse_vm_spec
 from boshreg.userdata import UserDataError, is_ip_address
 from boshreg.userdata import decode as decode_user_data
 
@@ -48,6 +54,7 @@ USER_ERRORS = (
     UserDataError,
     RequestError,
     ManifestError,
+    TestCloudError,
 )
 
 
@@ -393,6 +400,139 @@ def doctor_command(ctx: click.Context, manifest: Path, online: bool, timeout: fl
     else:
         click.echo(report.to_text())
     ctx.exit(1 if report.failed else 0)
+
+
+@cli.command(
+    "agent",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
+    add_help_option=False,
+)
+@click.argument("agent_args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def agent_command(ctx: click.Context, agent_args: tuple[str, ...]) -> None:
+    """Inside a VM: resolve its settings as bosh-agent does (see 'boshreg agent resolve --help').
+
+    The same command runs with the standard library alone as 'python -m boshreg.agent'.
+    """
+    ctx.exit(agent_main(list(agent_args)))
+
+
+@cli.group("testcloud")
+def testcloud_group() -> None:
+    """A local OpenStack stand-in: metadata service, config drives, the whole chain."""
+
+
+@testcloud_group.command("metadata")
+@click.option("--listen", default="127.0.0.1:8775", show_default=True, help="HOST:PORT to serve on.")
+@click.option(
+    "--vm",
+    "vm_specs",
+    multiple=True,
+    required=True,
+    metavar="NAME=DIR[@IP]",
+    help="A VM: DIR holds user_data and optionally meta_data.json; @IP serves it to that caller only.",
+)
+def testcloud_metadata(listen: str, vm_specs: tuple[str, ...]) -> None:
+    """Serve a Nova-compatible metadata service (OpenStack and EC2 paths) until interrupted.
+
+    \b
+    Example:
+      boshreg testcloud metadata --listen 127.0.0.1:8775 --vm vm-1=./vm-1
+    """
+    host, port = parse_listen(listen)
+    vms = [parse_vm_spec(spec) for spec in vm_specs]
+    try:
+        server = MetadataServer(host, port, vms)
+    except OSError as exc:
+        raise CliError(f"cannot listen on {listen}: {exc.strerror}; choose another --listen") from None
+    click.echo(f"metadata service at {server.url} serving {', '.join(vm.name for vm in vms)}")
+    sys.stdout.flush()
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
+@testcloud_group.command("config-drive")
+@click.option("--user-data", "user_data_file", type=click.File("rb"), help="The user data file.")
+@click.option("--meta-data", "meta_data_file", type=click.File("rb"), help="meta_data.json (default: generated).")
+@click.option("--name", default="vm-1", show_default=True, help="The VM's name, for generated metadata.")
+@click.option("--public-key", "public_key_file", type=click.File("r"), help="SSH public key, for generated metadata.")
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True, help="The image.")
+def testcloud_config_drive(
+    user_data_file: BinaryIO | None,
+    meta_data_file: BinaryIO | None,
+    name: str,
+    public_key_file: TextIO | None,
+    output: Path,
+) -> None:
+    """Build a config drive image as Nova does (ISO 9660, label config-2).
+
+    \b
+    Example:
+      boshreg testcloud config-drive --user-data user_data.json --name vm-1 -o drive.iso
+    """
+    meta = default_meta_data(name, public_key_file.read() if public_key_file else None)
+    if meta_data_file is not None:
+        meta = decode_user_data(meta_data_file.read(), f"--meta-data {meta_data_file.name}")
+    vm = TestVm(name, user_data_file.read() if user_data_file else None, meta)
+    write_iso(drive_files(vm), output)
+    click.echo(f"wrote {output} (config-2, {output.stat().st_size} bytes) for {vm.meta_data.get('name', name)}")
+
+
+@testcloud_group.command("boot")
+@click.option(
+    "--delivery",
+    type=click.Choice([Delivery.METADATA.value, Delivery.CONFIG_DRIVE.value]),
+    default=Delivery.METADATA.value,
+    show_default=True,
+)
+@click.option("--registry-less", is_flag=True, help="Put the settings in the user data (current BOSH).")
+@click.option(
+    "--work-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Where the registry's data, its log and drive images go (default: a temporary directory).",
+)
+@click.option(
+    "--deadline",
+    type=click.FloatRange(1, 600),
+    default=30.0,
+    show_default=True,
+    help="The agent's deadline, in seconds.",
+)
+@json_option
+@click.pass_context
+def testcloud_boot(
+    ctx: click.Context, delivery: str, registry_less: bool, work_dir: Path | None, deadline: float, as_json: bool
+) -> None:
+    """Run the whole chain on this machine and print the agent's trace.
+
+    Starts a registry, stores a VM's settings as the CPI does, renders its user data, serves it from the
+    metadata emulator (or a config drive), and resolves the settings as the agent does.
+
+    \b
+    Examples:
+      boshreg testcloud boot
+      boshreg testcloud boot --delivery config-drive
+      boshreg testcloud boot --registry-less --json
+    """
+    with tempfile.TemporaryDirectory(prefix="boshreg-testcloud-") as temporary:
+        report = boot(
+            work_dir or Path(temporary),
+            delivery=Delivery(delivery),
+            registry_less=registry_less,
+            deadline=deadline,
+            say=(lambda _line: None) if as_json else click.echo,
+        )
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        click.echo("\n".join(f"   {line}" for line in report.trace.to_text().splitlines()))
+        if report.ok:
+            click.echo(f"5. result    the agent got the settings the CPI stored ({report.trace.verdict})")
+        else:
+            click.echo(f"5. result    FAILED: {report.error}")
+    ctx.exit(0 if report.ok else 1)
 
 
 def _print_json(document: object) -> None:

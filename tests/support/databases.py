@@ -1,7 +1,7 @@
 """Real database backends for the store and API suites: a fresh database per test.
 
 PostgreSQL and MariaDB are found at the URLs in BOSHREG_TEST_POSTGRES_URL / BOSHREG_TEST_MYSQL_URL
-(defaults: this machine's local servers). A backend listed in BOSHREG_REQUIRE_BACKENDS must be reachable:
+(defaults: this machine's local servers). A backend listed in BOSHREG_REQUIRE must be reachable:
 CI sets it so that a missing server fails the run instead of being skipped.
 """
 
@@ -24,8 +24,9 @@ MYSQL_ADMIN_URL = os.environ.get("BOSHREG_TEST_MYSQL_URL", "mysql+pymysql://root
 BACKENDS = ("sqlite", "postgres", "mysql")
 
 
-def required_backends() -> set[str]:
-    return {name.strip() for name in os.environ.get("BOSHREG_REQUIRE_BACKENDS", "sqlite").split(",") if name}
+def required() -> set[str]:
+    """The backends and tools that must be there (BOSHREG_REQUIRE); the rest may be skipped, loudly."""
+    return {name.strip() for name in os.environ.get("BOSHREG_REQUIRE", "sqlite").split(",") if name}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,216 @@
+"""The whole chain of DESIGN.md on one machine: registry, CPI side, Nova's metadata, the agent.
+
+``boot()`` starts a real ``boshreg serve`` (SQLite, loopback), stores a VM's settings as the CPI does,
+renders the user data, serves it from the metadata emulator (or a config drive image), and resolves the
+settings with the agent's resolver. The trace shows each hop; the settings must come back as stored.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from boshreg import userdata
+from boshreg.agent import ConfigDriveSource, MetadataServiceSource, ResolveError, Trace, resolve
+from boshreg.agent.sources import SettingsSource
+from boshreg.client import RegistryClient
+from boshreg.cpi.delivery import Delivery, render
+from boshreg.endpoint import Endpoint
+from boshreg.testcloud.configdrive import drive_files, write_iso
+from boshreg.testcloud.metadata import MetadataServer
+from boshreg.testcloud.vms import TestCloudError, TestVm, default_meta_data
+
+REGISTRY_START_SECONDS = 30
+
+
+@dataclass
+class BootReport:
+    """What happened at each hop, and whether the agent got what the CPI stored."""
+
+    registry_url: str
+    vm_name: str
+    delivery: str
+    registry_less: bool
+    user_data_bytes: int
+    drive: str | None
+    trace: Trace
+    settings_match: bool
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.settings_match
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "registry": self.registry_url,
+            "vm": self.vm_name,
+            "delivery": self.delivery,
+            "registry_less": self.registry_less,
+            "user_data_bytes": self.user_data_bytes,
+            "config_drive": self.drive,
+            "settings_match": self.settings_match,
+            "error": self.error,
+            "trace": self.trace.to_json(),
+        }
+
+
+def example_settings(name: str) -> dict[str, Any]:
+    """Agent settings shaped like the ones a director writes."""
+    return {
+        "agent_id": f"agent-{uuid.uuid5(uuid.NAMESPACE_DNS, name)}",
+        "vm": {"name": name},
+        "networks": {
+            "default": {
+                "type": "dynamic",
+                "default": ["dns", "gateway"],
+                "dns": ["10.0.0.2"],
+                "cloud_properties": {"net_id": "6b5d3b8e-1c2f-4e6a-9d3b-7f1e2a4c5d6e"},
+            }
+        },
+        "disks": {"system": "/dev/vda", "ephemeral": "/dev/vdb", "persistent": {}},
+        "env": {"bosh": {"password": "*"}},
+        "ntp": ["0.pool.ntp.org"],
+        "blobstore": {"provider": "dav", "options": {"endpoint": "http://10.0.0.6:25250", "user": "agent"}},
+        "mbus": "nats://nats:nats-password@10.0.0.6:4222",
+    }
+
+
+def boot(
+    work_dir: Path,
+    *,
+    delivery: Delivery = Delivery.METADATA,
+    registry_less: bool = False,
+    deadline: float = 30.0,
+    say: Callable[[str], None] = print,
+) -> BootReport:
+    """Run the chain once; every process and socket it starts is stopped before it returns."""
+    if delivery is Delivery.LEGACY:
+        raise TestCloudError(
+            "boot runs metadata or config-drive delivery; inspect legacy requests with `boshreg inspect`"
+        )
+    work_dir.mkdir(parents=True, exist_ok=True)
+    name = f"vm-{uuid.uuid4()}"
+    settings = example_settings(name)
+    with _registry(work_dir, say) as (registry_url, endpoint):
+        if not registry_less:
+            with RegistryClient(endpoint) as client:
+                client.put_settings(name, json.dumps(settings))
+            say(f"2. CPI       PUT /instances/{name}/settings ({len(json.dumps(settings))} bytes)")
+        bootstrap = render(
+            name,
+            endpoint=None if registry_less else endpoint,
+            settings=settings if registry_less else None,
+            delivery=delivery,
+        )
+        raw = userdata.encode(bootstrap.user_data)
+        mode = "registry-less" if registry_less else "registry"
+        say(f"   CPI       {mode} user data, {len(raw)} bytes, {delivery.value} delivery: {bootstrap.verdict}")
+        vm = TestVm(name, raw, default_meta_data(name))
+        drive: Path | None = None
+        metadata = MetadataServer("127.0.0.1", 0, [vm]).start()
+        try:
+            sources: list[SettingsSource]
+            if delivery is Delivery.CONFIG_DRIVE:
+                drive = write_iso(drive_files(vm), work_dir / "config-drive.iso")
+                say(f"3. nova      config drive {drive} (label config-2); metadata service {metadata.url}")
+                sources = [ConfigDriveSource(str(drive)), MetadataServiceSource(metadata.url)]
+            else:
+                say(f"3. nova      metadata service {metadata.url} serving {name}")
+                sources = [MetadataServiceSource(metadata.url)]
+            say("4. agent     resolving its settings:")
+            try:
+                resolution = resolve(sources, deadline=deadline)
+            except ResolveError as exc:
+                return BootReport(
+                    registry_url,
+                    name,
+                    delivery.value,
+                    registry_less,
+                    len(raw),
+                    str(drive) if drive else None,
+                    exc.trace,
+                    False,
+                    str(exc),
+                )
+        finally:
+            metadata.stop()
+    match = resolution.settings == settings
+    return BootReport(
+        registry_url,
+        name,
+        delivery.value,
+        registry_less,
+        len(raw),
+        str(drive) if drive else None,
+        resolution.trace,
+        match,
+        None if match else "the settings the agent got differ from what the CPI stored",
+    )
+
+
+@contextmanager
+def _registry(work_dir: Path, say: Callable[[str], None]) -> Iterator[tuple[str, Endpoint]]:
+    """A real ``boshreg serve`` on a free loopback port, stopped on exit."""
+    port = _free_port()
+    data_dir = work_dir / "registry"
+    log = (work_dir / "registry.log").open("wb")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "boshreg",
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_until_up(process, port, work_dir / "registry.log")
+        password = (data_dir / "admin-password").read_text().strip()
+        endpoint = Endpoint("http", "127.0.0.1", port, "admin", password)
+        say(f"1. registry  boshreg serve at {url} (SQLite in {data_dir}, log {work_dir / 'registry.log'})")
+        yield url, endpoint
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+        log.close()
+
+
+def _wait_until_up(process: subprocess.Popen[bytes], port: int, log: Path) -> None:
+    deadline = time.monotonic() + REGISTRY_START_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise TestCloudError(f"the registry exited with {process.returncode}; see {log}")
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TestCloudError(f"the registry did not listen within {REGISTRY_START_SECONDS} s; see {log}")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

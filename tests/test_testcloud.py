@@ -1,0 +1,236 @@
+"""The test cloud as Nova's clients see it: metadata paths and versions, VMs by address, drives, the chain."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from boshreg.agent import ConfigDriveSource
+from boshreg.testcloud.vms import OPENSTACK_VERSIONS
+from support.chain import PUBLIC_KEY, metadata_service, vm
+from support.cli import assert_one_line_error, boshreg
+from support.registry import free_port
+
+USER_DATA = b'{"server":{"name":"vm-1"},"agent_id":"a-1"}'
+
+
+def get(url: str, source_ip: str = "127.0.0.1") -> tuple[int, bytes]:
+    """GET from a chosen loopback source address, as another VM would."""
+    parsed = httpx.URL(url)
+    connection = http.client.HTTPConnection(parsed.host, parsed.port, timeout=5, source_address=(source_ip, 0))
+    try:
+        connection.request("GET", parsed.raw_path.decode())
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def test_every_listed_openstack_version_is_served() -> None:
+    with metadata_service(vm("vm-1", USER_DATA)) as service:
+        status, listing = get(f"{service.url}/openstack")
+        versions = listing.decode().split("\n")
+        assert (status, versions) == (200, list(OPENSTACK_VERSIONS))
+        for version in versions:
+            status, body = get(f"{service.url}/openstack/{version}/meta_data.json")
+            meta = json.loads(body)
+            assert status == 200
+            assert {"uuid", "name", "hostname", "launch_index", "availability_zone"} <= set(meta)
+            assert get(f"{service.url}/openstack/{version}/user_data") == (200, USER_DATA)
+            assert get(f"{service.url}/openstack/{version}/vendor_data.json")[0] == 200
+
+
+def test_later_versions_add_keys_as_nova_does() -> None:
+    with metadata_service(vm("vm-1", USER_DATA)) as service:
+        old = json.loads(get(f"{service.url}/openstack/2012-08-10/meta_data.json")[1])
+        new = json.loads(get(f"{service.url}/openstack/latest/meta_data.json")[1])
+        assert "project_id" not in old
+        assert "devices" not in old
+        assert "project_id" in new
+        assert "devices" in new
+        assert get(f"{service.url}/openstack/2013-04-04/network_data.json")[0] == 404
+        assert get(f"{service.url}/openstack/2015-10-15/network_data.json")[0] == 200
+
+
+def test_ec2_paths() -> None:
+    machine = vm("vm-1", USER_DATA)
+    with metadata_service(machine) as service:
+        assert get(f"{service.url}/latest/user-data") == (200, USER_DATA)
+        assert get(f"{service.url}/latest/meta-data/instance-id") == (200, machine.instance_id.encode())
+        assert machine.instance_id.startswith("i-")
+        assert len(machine.instance_id) == 10
+        assert get(f"{service.url}/latest/meta-data/public-keys/0/openssh-key") == (200, PUBLIC_KEY.encode())
+        listing = get(f"{service.url}/latest/meta-data/")[1].decode().split("\n")
+        assert {"instance-id", "public-keys/", "hostname"} <= set(listing)
+        assert get(f"{service.url}/2009-04-04/user-data") == (200, USER_DATA)
+        assert get(f"{service.url}/")[1].decode().split("\n")[-1] == "latest"
+
+
+def test_a_vm_without_user_data_gets_404_as_from_nova() -> None:
+    with metadata_service(vm("vm-1", None)) as service:
+        assert get(f"{service.url}/openstack/latest/user_data")[0] == 404
+        assert get(f"{service.url}/latest/user-data")[0] == 404
+        assert b"user_data" not in get(f"{service.url}/openstack/latest")[1]
+
+
+def test_vms_are_told_apart_by_their_address() -> None:
+    first, second = vm("vm-1", b'{"n": 1}', ip="127.0.0.2"), vm("vm-2", b'{"n": 2}', ip="127.0.0.3")
+    with metadata_service(first, second) as service:
+        assert get(f"{service.url}/openstack/latest/user_data", "127.0.0.2") == (200, b'{"n": 1}')
+        assert get(f"{service.url}/openstack/latest/user_data", "127.0.0.3") == (200, b'{"n": 2}')
+        assert get(f"{service.url}/openstack", "127.0.0.4")[0] == 404  # an unknown caller
+        assert get(f"{service.url}/", "127.0.0.4")[0] == 200  # the root answers anyone
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+def test_config_drive_command_builds_a_config_2_image(tmp_path: Path) -> None:
+    (tmp_path / "user_data").write_bytes(USER_DATA)
+    (tmp_path / "key.pub").write_text(PUBLIC_KEY)
+    result = boshreg(
+        "testcloud",
+        "config-drive",
+        "--user-data",
+        "user_data",
+        "--name",
+        "vm-7",
+        "--public-key",
+        "key.pub",
+        "-o",
+        "drive.iso",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    found = ConfigDriveSource(str(tmp_path / "drive.iso")).read(timeout=2)
+    assert (found.user_data, found.public_key) == (USER_DATA, PUBLIC_KEY)
+    blkid = subprocess.run(
+        ["blkid", "-s", "LABEL", "-o", "value", str(tmp_path / "drive.iso")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if blkid.returncode == 0:
+        assert blkid.stdout.strip() == "config-2"
+
+
+def test_metadata_command_serves_vm_directories(tmp_path: Path) -> None:
+    (tmp_path / "vm-1").mkdir()
+    (tmp_path / "vm-1" / "user_data").write_bytes(USER_DATA)
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "boshreg",
+            "testcloud",
+            "metadata",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--vm",
+            f"vm-1={tmp_path / 'vm-1'}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().decode().startswith(f"metadata service at http://127.0.0.1:{port}")
+        assert get(f"http://127.0.0.1:{port}/openstack/latest/user_data") == (200, USER_DATA)
+        name = json.loads(get(f"http://127.0.0.1:{port}/openstack/latest/meta_data.json")[1])["name"]
+        assert name == "vm-1"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["metadata", "--vm", "nope"], "write NAME=DIR or NAME=DIR@IP"),
+        (["metadata", "--vm", "vm-1=/nonexistent"], "is not a directory"),
+        (["metadata", "--vm", "vm-1=.@not-an-ip"], "'not-an-ip' is not an IP address"),
+        (["metadata", "--listen", "nowhere", "--vm", "vm-1=."], "write HOST:PORT"),
+        (["config-drive", "--user-data", "absent", "-o", "x.iso"], "absent"),
+    ],
+)
+def test_testcloud_errors_are_one_line(tmp_path: Path, args: list[str], expected: str) -> None:
+    assert_one_line_error(boshreg("testcloud", *args, cwd=tmp_path), expected)
+
+
+@pytest.mark.parametrize(
+    ("options", "verdict"),
+    [([], "portable"), (["--delivery", "config-drive"], "pinned"), (["--registry-less"], "portable")],
+)
+def test_boot_runs_the_whole_chain(tmp_path: Path, options: list[str], verdict: str) -> None:
+    result = boshreg("testcloud", "boot", "--work-dir", "work", *options, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("1. registry  boshreg serve at http://127.0.0.1:")
+    assert any(line.startswith("4. agent") for line in lines)
+    assert lines[-1].startswith("5. result    the agent got the settings the CPI stored")
+    assert f"verdict: {verdict}" in result.stdout
+    log = (tmp_path / "work" / "registry.log").read_text()
+    password = (tmp_path / "work" / "registry" / "admin-password").read_text().strip()
+    assert password not in result.stdout + log
+
+
+def test_boot_json(tmp_path: Path) -> None:
+    result = boshreg("testcloud", "boot", "--json", cwd=tmp_path)
+    report = json.loads(result.stdout)
+    assert (result.returncode, report["ok"], report["trace"]["verdict"]) == (0, True, "portable")
+
+
+# --- boshreg agent resolve -----------------------------------------------------------------------
+
+
+def test_agent_resolve_writes_settings_privately_and_the_trace_as_json(tmp_path: Path) -> None:
+    settings = {"agent_id": "a-1", "networks": {}}
+    document = {**settings, "server": {"name": "vm-1"}}
+    with metadata_service(vm("vm-1", json.dumps(document).encode())) as service:
+        result = boshreg(
+            "agent",
+            "resolve",
+            "--source",
+            "metadata",
+            "--metadata-url",
+            service.url,
+            "--out",
+            "settings.json",
+            "--json",
+            cwd=tmp_path,
+        )
+    assert result.returncode == 0, result.stderr
+    assert (result.stdout, json.loads((tmp_path / "settings.json").read_text())) == ("", settings)
+    assert stat.S_IMODE(os.stat(tmp_path / "settings.json").st_mode) == 0o600
+    assert json.loads(result.stderr)["source_kind"] == "metadata"
+
+
+def test_agent_resolve_failure_is_exit_1_with_the_reason(tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = boshreg("agent", "resolve", "--source", "file", "--user-data-file", "absent.json", cwd=tmp_path)
+    assert time.monotonic() - started < 20
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1].startswith("boshreg: error: no user data from any source (tried file")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["resolve", "--deadline", "0"], "not between 0 and 3600"),
+        (["resolve", "--source", "floppy"], "invalid choice"),
+        (["resolve", "--key", "uuid"], "invalid choice"),
+        ([], "required"),
+    ],
+)
+def test_agent_usage_errors_are_one_line(tmp_path: Path, args: list[str], expected: str) -> None:
+    assert_one_line_error(boshreg("agent", *args, cwd=tmp_path), expected)
