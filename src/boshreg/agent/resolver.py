@@ -23,7 +23,7 @@ DEFAULT_DEADLINE = 60.0
 SOURCE_ATTEMPTS = 3  # per source, for failures that may pass (timeouts, 5xx); absent sources get one
 REGISTRY_ATTEMPTS = 10  # as bosh-agent: 10 tries
 FIRST_BACKOFF = 0.5
-MAX_BACKOFF = 4.0
+MAX_BACKOFF = 2.0  # 10 registry attempts span about 15 s; bosh-agent spaces its 10 tries 1 s apart
 REQUEST_TIMEOUT = 5.0
 
 KEY_SERVER_NAME = "server-name"
