@@ -44,9 +44,8 @@ class RegistryClient:
         body = self._call("GET", instance_id)
         settings = body.get("settings")
         if not isinstance(settings, str):
-            raise RegistryClientError(
-                f"unexpected answer from {self._where(instance_id)}: no 'settings' string in the body"
-            )
+            where = self.endpoint.settings_url(instance_id, redacted=True)
+            raise RegistryClientError(f"unexpected answer from {where}: no 'settings' string in the body")
         return settings
 
     def put_settings(self, instance_id: str, settings: str | bytes) -> None:
@@ -58,12 +57,9 @@ class RegistryClient:
         """Remove the settings of ``instance_id`` (no error when there were none)."""
         self._call("DELETE", instance_id)
 
-    def _where(self, instance_id: str) -> str:
-        return self.endpoint.settings_url(instance_id).replace(self.endpoint.base_url, self.endpoint.redacted(), 1)
-
     def _call(self, method: str, instance_id: str, content: bytes | None = None) -> dict[str, Any]:
         url = self.endpoint.settings_url(instance_id)
-        where = self._where(instance_id)
+        where = self.endpoint.settings_url(instance_id, redacted=True)
         headers = {"Content-Type": "application/json"} if content is not None else None
         try:
             response = self._http.request(method, url, content=content, headers=headers)

@@ -68,9 +68,13 @@ class Endpoint:
         userinfo = f"{quote(self.user, safe='')}:{REDACTED}@"
         return self.base_url.replace("://", f"://{userinfo}", 1)
 
-    def settings_url(self, instance_id: str) -> str:
-        """Where bosh-agent GETs its settings: ``<endpoint>/instances/<id>/settings``."""
-        return f"{self.base_url}/instances/{quote(instance_id, safe='')}/settings"
+    def settings_url(self, instance_id: str, *, redacted: bool = False) -> str:
+        """Where bosh-agent GETs its settings: ``<endpoint>/instances/<id>/settings``.
+
+        ``redacted=True`` gives the form for messages: with the user, the password replaced.
+        """
+        base = self.redacted() if redacted else self.base_url
+        return f"{base}/instances/{quote(instance_id, safe='')}/settings"
 
     def __str__(self) -> str:
         return self.redacted()

@@ -12,7 +12,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from boshreg import userdata
 from boshreg.agent.registry import RegistryFetchError, fetch_settings
@@ -84,17 +84,44 @@ class ResolveError(Exception):
         self.trace = trace
 
 
+T = TypeVar("T")
+E = TypeVar("E", bound=Exception)
+
+
 class _Clock:
-    def __init__(self, deadline: float, now: Callable[[], float]) -> None:
-        self._now = now
+    """The one deadline, and the one retry loop: every wait of the resolver goes through here."""
+
+    def __init__(self, deadline: float, now: Callable[[], float], sleep: Callable[[float], None]) -> None:
+        self.now = now
+        self._sleep = sleep
         self.started = now()
         self.ends = self.started + deadline
 
     def remaining(self) -> float:
-        return max(0.0, self.ends - self._now())
+        return max(0.0, self.ends - self.now())
 
     def elapsed(self) -> float:
-        return self._now() - self.started
+        return self.now() - self.started
+
+    def retry(
+        self, call: Callable[[float], T], kind: type[E], may_recover: Callable[[E], bool], max_attempts: int
+    ) -> tuple[T | None, E | None, int]:
+        """``call(timeout)`` until it succeeds, fails for good, runs out of attempts or out of time.
+
+        Returns the value or the last error of ``kind``, and the number of attempts; other exceptions
+        are not the resolver's to judge and propagate.
+        """
+        backoff = FIRST_BACKOFF
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                return call(min(REQUEST_TIMEOUT, max(self.remaining(), 0.1))), None, attempts
+            except kind as exc:
+                if not (may_recover(exc) and attempts < max_attempts and self.remaining() > backoff):
+                    return None, exc, attempts
+            self._sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF)
 
 
 def resolve(
@@ -106,10 +133,10 @@ def resolve(
     now: Callable[[], float] = time.monotonic,
 ) -> Resolution:
     """The VM's agent settings, or ResolveError; never longer than ``deadline`` seconds."""
-    clock = _Clock(deadline, now)
+    clock = _Clock(deadline, now, sleep)
     trace = Trace()
     try:
-        source, found, document = _user_data(sources, clock, trace, sleep, now)
+        source, found, document = _user_data(sources, clock, trace)
         trace.source = found.location
         trace.source_kind = source.kind
         trace.verdict = PORTABLE if trace.source_kind == "metadata" else f"pinned: fed by {trace.source_kind}"
@@ -117,49 +144,42 @@ def resolve(
             trace.steps.append(Step("registry", "none", "skipped", "user data carries the settings (agent_id)", 0.0))
             settings = {k: v for k, v in document.items() if k not in userdata.BOOTSTRAP_KEYS}
         else:
-            settings = _registry_settings(document, found, key, clock, trace, sleep, now)
+            settings = _registry_settings(document, found, key, clock, trace)
     finally:
         trace.seconds = round(clock.elapsed(), 3)
     return Resolution(settings, trace)
 
 
+def _source_may_recover(error: SourceUnavailable) -> bool:
+    return not error.absent
+
+
+def _registry_may_recover(error: RegistryFetchError) -> bool:
+    return error.retryable
+
+
 def _user_data(
-    sources: Sequence[SettingsSource],
-    clock: _Clock,
-    trace: Trace,
-    sleep: Callable[[float], None],
-    now: Callable[[], float],
+    sources: Sequence[SettingsSource], clock: _Clock, trace: Trace
 ) -> tuple[SettingsSource, SourceData, dict[str, Any]]:
     for source in sources:
-        started = now()
-        attempts = 0
-        backoff = FIRST_BACKOFF
-        while True:
-            attempts += 1
-            try:
-                found = source.read(timeout=min(REQUEST_TIMEOUT, max(clock.remaining(), 0.1)))
-            except SourceUnavailable as exc:
-                retry = not exc.absent and attempts < SOURCE_ATTEMPTS and clock.remaining() > backoff
-                if retry:
-                    sleep(backoff)
-                    backoff = min(backoff * 2, MAX_BACKOFF)
-                    continue
-                outcome = "absent" if exc.absent else "failed"
-                trace.steps.append(Step("source", source.describe(), outcome, exc.reason, now() - started, attempts))
-                break
+        started = clock.now()
+        found, error, attempts = clock.retry(source.read, SourceUnavailable, _source_may_recover, SOURCE_ATTEMPTS)
+        if found is None:
+            assert error is not None  # retry gives a value or an error
+            outcome, detail = ("absent" if error.absent else "failed"), error.reason
+        else:
             try:
                 document = userdata.decode(found.user_data, found.location)
+                problems = userdata.validate(document)
             except userdata.UserDataError as exc:
-                trace.steps.append(Step("source", source.describe(), "invalid", str(exc), now() - started, attempts))
-                break
-            problems = userdata.validate(document)
-            if problems:
+                problems = [str(exc)]
+            if not problems:
                 trace.steps.append(
-                    Step("source", source.describe(), "invalid", "; ".join(problems), now() - started, attempts)
+                    Step("source", source.describe(), "ok", found.location, clock.now() - started, attempts)
                 )
-                break
-            trace.steps.append(Step("source", source.describe(), "ok", found.location, now() - started, attempts))
-            return source, found, document
+                return source, found, document
+            outcome, detail = "invalid", "; ".join(problems)
+        trace.steps.append(Step("source", source.describe(), outcome, detail, clock.now() - started, attempts))
         if clock.remaining() <= 0:
             break
     tried = "; ".join(f"{s.name}: {s.outcome}: {s.detail}" for s in trace.steps)
@@ -171,13 +191,7 @@ def _user_data(
 
 
 def _registry_settings(
-    document: dict[str, Any],
-    found: SourceData,
-    key: str,
-    clock: _Clock,
-    trace: Trace,
-    sleep: Callable[[float], None],
-    now: Callable[[], float],
+    document: dict[str, Any], found: SourceData, key: str, clock: _Clock, trace: Trace
 ) -> dict[str, Any]:
     endpoint = parse_endpoint(document["registry"]["endpoint"])  # validated with the user data
     if key == KEY_INSTANCE_ID:
@@ -188,27 +202,21 @@ def _registry_settings(
         registry_key = found.instance_id
     else:
         registry_key = document["server"]["name"]
-    url = endpoint.settings_url(registry_key)
-    trace.registry_url = endpoint.redacted() + url[len(endpoint.base_url) :]
+    trace.registry_url = endpoint.settings_url(registry_key, redacted=True)
     nameservers = (document.get("dns") or {}).get("nameserver") or []
-    started = now()
-    attempts = 0
-    backoff = FIRST_BACKOFF
-    while True:
-        attempts += 1
-        try:
-            settings = fetch_settings(
-                endpoint, registry_key, nameservers, timeout=min(REQUEST_TIMEOUT, max(clock.remaining(), 0.1))
-            )
-        except RegistryFetchError as exc:
-            if exc.retryable and attempts < REGISTRY_ATTEMPTS and clock.remaining() > backoff:
-                sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
-                continue
-            trace.steps.append(Step("registry", trace.registry_url, "failed", exc.cause, now() - started, attempts))
-            raise ResolveError(_registry_failure(exc, trace.registry_url, attempts, endpoint), trace) from None
-        trace.steps.append(Step("registry", trace.registry_url, "ok", "200", now() - started, attempts))
-        return settings
+    started = clock.now()
+    settings, error, attempts = clock.retry(
+        lambda timeout: fetch_settings(endpoint, registry_key, nameservers, timeout=timeout),
+        RegistryFetchError,
+        _registry_may_recover,
+        REGISTRY_ATTEMPTS,
+    )
+    if settings is None:
+        assert error is not None  # retry gives a value or an error
+        trace.steps.append(Step("registry", trace.registry_url, "failed", error.cause, clock.now() - started, attempts))
+        raise ResolveError(_registry_failure(error, trace.registry_url, attempts, endpoint), trace)
+    trace.steps.append(Step("registry", trace.registry_url, "ok", "200", clock.now() - started, attempts))
+    return settings
 
 
 def _registry_failure(exc: RegistryFetchError, url: str, attempts: int, endpoint: Endpoint) -> str:

@@ -88,12 +88,7 @@ class MetadataServiceSource:
         meta = _json_object(self._get(meta_url, timeout), meta_url)
         user_data_url = f"{self.base_url}/openstack/latest/user_data"
         user_data = self._get(user_data_url, timeout)
-        keys = meta.get("public_keys")
-        public_key = next(iter(keys.values()), None) if isinstance(keys, dict) and keys else None
-        uuid = meta.get("uuid")
-        return SourceData(
-            user_data, user_data_url, str(uuid) if uuid else None, str(public_key) if public_key else None
-        )
+        return SourceData(user_data, user_data_url, _instance_id(meta), _public_key(meta))
 
     def _read_ec2(self, timeout: float) -> SourceData:
         user_data_url = f"{self.base_url}/latest/user-data"

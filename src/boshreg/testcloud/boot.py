@@ -131,31 +131,16 @@ def boot(
             say("4. agent     resolving its settings:")
             try:
                 resolution = resolve(sources, deadline=deadline)
+                trace, error = resolution.trace, None
+                match = resolution.settings == settings
             except ResolveError as exc:
-                return BootReport(
-                    registry_url,
-                    name,
-                    delivery.value,
-                    registry_less,
-                    len(raw),
-                    str(drive) if drive else None,
-                    exc.trace,
-                    False,
-                    str(exc),
-                )
+                trace, error, match = exc.trace, str(exc), False
         finally:
             metadata.stop()
-    match = resolution.settings == settings
+    if error is None and not match:
+        error = "the settings the agent got differ from what the CPI stored"
     return BootReport(
-        registry_url,
-        name,
-        delivery.value,
-        registry_less,
-        len(raw),
-        str(drive) if drive else None,
-        resolution.trace,
-        match,
-        None if match else "the settings the agent got differ from what the CPI stored",
+        registry_url, name, delivery.value, registry_less, len(raw), str(drive) if drive else None, trace, match, error
     )
 
 
