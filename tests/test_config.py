@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from boshreg.registry.config import ConfigError, load_config, parse_config, sqlalchemy_url, unknown_keys
+from boshreg.registry.config import AdminSecret, ConfigError, load_config, parse_config, sqlalchemy_url, unknown_keys
 
 ORIGINAL_CONFIG = """\
 ---
@@ -49,7 +49,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_the_original_registry_config_loads_unchanged(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, ORIGINAL_CONFIG))
     assert config.http.port == 25777
-    assert config.users() == {"admin": "s3cret", "director": "d1r"}
+    assert config.users() == {"admin": AdminSecret("s3cret"), "director": AdminSecret("d1r")}
     assert config.log_level_name == "DEBUG"
     assert config.cloud is not None
     assert config.cloud.plugin == "openstack"
@@ -117,7 +117,7 @@ def test_unknown_keys_are_named_for_a_warning() -> None:
         ),
         (
             {"http": {"password": "p", "additional_users": [{"username": "x"}]}},
-            "http.additional_users.0.password: is missing",
+            "http.additional_users.0: give password or password_hash",
         ),
         (
             {

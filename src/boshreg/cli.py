@@ -23,15 +23,21 @@ from boshreg.cpi.inspect import RequestError, inspect_request
 from boshreg.doctor import ManifestError, diagnose, load_manifest
 from boshreg.endpoint import Endpoint, EndpointError, parse_endpoint, reachability_warnings
 from boshreg.logs import LogSetupError, setup_logging
+from boshreg.registry.audit import SinceError, parse_since, query_events
+from boshreg.registry.auth import hash_password
 from boshreg.registry.config import ConfigError, RegistryConfig, load_config, unknown_keys
 from boshreg.registry.datadir import (
     DEFAULT_DATA_DIR,
     PASSWORD_FILE,
     DataDirError,
     local_endpoint,
+    with_instance_secret,
     zero_config,
+    zero_config_for_reading,
 )
+from boshreg.registry.engine import build_engine
 from boshreg.registry.server import ServeError, bind, open_store, serve, startup_message
+from boshreg.registry.store import SettingsStore
 from boshreg.testcloud.boot import boot
 from boshreg.testcloud.configdrive import drive_files, write_iso
 from boshreg.testcloud.metadata import MetadataServer
@@ -55,7 +61,11 @@ USER_ERRORS = (
     RequestError,
     ManifestError,
     TestCloudError,
+    SinceError,
 )
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 
 
 class CliError(Exception):
@@ -116,6 +126,7 @@ def serve_command(config_file: Path | None, data_dir: Path, host: str | None, po
     else:
         config = zero_config(data_dir, host=host, port=port)
         password_file = str((data_dir / PASSWORD_FILE).resolve())
+    config = with_instance_secret(config, data_dir)
     setup_logging(config.log_level_name, config.logfile)
     for key in unknown_keys(config):
         log.warning("unknown config key %s is ignored; check its spelling against the README", key)
@@ -162,6 +173,72 @@ timeout_option = click.option(
     show_default=True,
     help="Seconds to wait for the registry.",
 )
+
+
+@cli.command("events")
+@click.option(
+    "-c",
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="BOSHREG_CONFIG",
+    help="The registry's config file (its db). [env: BOSHREG_CONFIG]",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=DEFAULT_DATA_DIR,
+    envvar="BOSHREG_DATA_DIR",
+    show_default=True,
+    help="Without --config: the zero-config registry's.",
+)
+@click.option("--instance", "instance_id", help="Only this VM's events.")
+@click.option("--since", help="Only events this recent: 30s, 10m, 2h, 7d.")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True)
+@json_option
+def events_command(
+    config_file: Path | None, data_dir: Path, instance_id: str | None, since: str | None, limit: int, as_json: bool
+) -> None:
+    """Show the registry's audit trail, newest first: who read, wrote or deleted which settings.
+
+    The answer to "why does this VM hang?" from the registry's side: never fetched, 401, 403, not found.
+
+    \b
+    Examples:
+      boshreg events --instance vm-3f1c --since 1h
+      boshreg events --config registry.yml --json
+    """
+    config = load_config(config_file) if config_file is not None else zero_config_for_reading(data_dir)
+    store = SettingsStore(build_engine(config.db))
+    try:
+        store.ensure_schema()
+        found = query_events(store.engine, instance_id=instance_id, since=parse_since(since), limit=limit)
+    finally:
+        store.close()
+    if as_json:
+        _print_json([event.to_json() for event in found])
+        return
+    for event in found:
+        click.echo(event.to_text())
+    if not found:
+        click.echo("no events" + (f" for {instance_id}" if instance_id else ""), err=True)
+
+
+@cli.command("hash-password")
+@click.password_option(
+    prompt="Password",
+    confirmation_prompt=True,
+    envvar="BOSHREG_PASSWORD",
+    help="The password (prompted for when not given). [env: BOSHREG_PASSWORD]",
+)
+def hash_password_command(password: str) -> None:
+    """Print a bcrypt hash for http.password_hash, so no password sits in the config in clear.
+
+    \b
+    Example:
+      boshreg hash-password        # prompts twice, prints $2b$12$...
+    """
+    click.echo(hash_password(password))
 
 
 @cli.group()
@@ -215,9 +292,6 @@ def settings_delete(instance_id: str, endpoint: str | None, data_dir: Path, time
     with RegistryClient(_endpoint(endpoint, data_dir), timeout=timeout) as client:
         client.delete_settings(instance_id)
     click.echo(f"deleted settings of {instance_id}")
-
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 
 
 @cli.group("endpoint")

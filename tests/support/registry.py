@@ -83,9 +83,10 @@ class RegistryProcess:
 
 
 def write_config(path: Path, db: str, port: int, loglevel: str = "info", **http: Any) -> Path:
+    settings = {"host": "127.0.0.1", "port": port, "user": "admin", "password": ADMIN_PASSWORD, **http}
     config = {
         "loglevel": loglevel,
-        "http": {"host": "127.0.0.1", "port": port, "user": "admin", "password": ADMIN_PASSWORD, **http},
+        "http": {key: value for key, value in settings.items() if value is not None},
         "db": db,
     }
     path.write_text(yaml.safe_dump(config))

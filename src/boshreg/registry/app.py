@@ -18,11 +18,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from boshreg.credentials import instance_token
 from boshreg.registry.access_log import AccessLogMiddleware
-from boshreg.registry.auth import REALM, BasicAuth, Caller
+from boshreg.registry.audit import AuditLog
+from boshreg.registry.auth import REALM, Authenticator, Caller, Identity
 from boshreg.registry.config import RegistryConfig
 from boshreg.registry.payload import PayloadError, check_instance_id, check_settings
 from boshreg.registry.store import SettingsRejected, SettingsStore, StoreUnavailable
+from boshreg.registry.throttle import AuthThrottle
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +51,26 @@ def access_denied(message: str) -> JSONResponse:
     return error(401, "access_denied", message, **{"WWW-Authenticate": REALM})
 
 
-class RegistryApi:
-    """The route handlers, bound to one config and one store."""
+_ACTIONS = {"GET": "read", "HEAD": "read", "PUT": "write", "DELETE": "delete", "POST": "credentials"}
+_OUTCOMES = {200: "ok", 400: "bad_request", 401: "access_denied", 403: "forbidden", 404: "not_found",
+             413: "too_large", 429: "throttled", 503: "unavailable"}  # fmt: skip
 
-    def __init__(self, config: RegistryConfig, store: SettingsStore) -> None:
+
+def forbidden(message: str) -> JSONResponse:
+    """403: the credentials are good, but not for this."""
+    return error(403, "access_denied", message)
+
+
+class RegistryApi:
+    """The route handlers, bound to one config, one store and one audit trail."""
+
+    def __init__(self, config: RegistryConfig, store: SettingsStore, audit: AuditLog | None = None) -> None:
         self.config = config
         self.store = store
-        self.auth = BasicAuth(config.users())
+        self.audit = audit
+        self.auth = Authenticator(config.users(), config.http.instance_secret)
+        throttle = config.http.auth_throttle
+        self.throttle = AuthThrottle(throttle.max_failures, throttle.window, throttle.block)
         self.anonymous_reads = config.http.allow_anonymous_reads
         self.max_body = config.http.max_body_bytes
         self.timeout = config.http.request_timeout
@@ -62,13 +78,23 @@ class RegistryApi:
 
     async def settings(self, request: Request) -> Response:
         """GET, PUT and DELETE of /instances/<id>/settings."""
-        caller = self.auth.identify(request.headers.get("authorization"))
-        if caller is Caller.REFUSED:
-            return access_denied("credentials not accepted; check the user and password in the endpoint")
-        if caller is Caller.ANONYMOUS and not (request.method in ("GET", "HEAD") and self.anonymous_reads):
-            return access_denied(self._anonymous_refusal(request.method))
+        raw_id = request.path_params["instance_id"]
+        identity, refusal = await self._authorize(request, raw_id, _ACTIONS[request.method])
+        response = refusal or await self._settings(request, raw_id)
+        self._record(request, raw_id, identity, response)
+        return response
+
+    async def credentials(self, request: Request) -> Response:
+        """POST /instances/<id>/credentials: a VM's read credential, for the CPI side (admin only)."""
+        raw_id = request.path_params["instance_id"]
+        identity, refusal = await self._authorize(request, raw_id, "credentials")
+        response = refusal or self._credentials(raw_id)
+        self._record(request, raw_id, identity, response)
+        return response
+
+    async def _settings(self, request: Request, raw_id: str) -> Response:
         try:
-            instance_id = check_instance_id(request.path_params["instance_id"])
+            instance_id = check_instance_id(raw_id)
             if request.method == "PUT":
                 settings = check_settings(await self._read_body(request))
                 await self._run(self.store.put, instance_id, settings)
@@ -90,6 +116,61 @@ class RegistryApi:
             return error(404, "not_found", f"no settings stored for instance {instance_id}")
         return JSONResponse({"status": "ok", "settings": stored})
 
+    def _credentials(self, raw_id: str) -> Response:
+        try:
+            instance_id = check_instance_id(raw_id)
+        except PayloadError as exc:
+            return error(400, "error", str(exc))
+        secret = self.config.http.instance_secret
+        if secret is None:
+            return error(404, "not_found", "per-VM credentials are off: no http.instance_secret")
+        return JSONResponse({"status": "ok", "user": instance_id, "password": instance_token(secret, instance_id)})
+
+    async def _authorize(self, request: Request, instance_id: str, action: str) -> tuple[Identity, Response | None]:
+        """Who is asking, and the refusal to send when they may not do ``action`` on ``instance_id``."""
+        client = _client(request)
+        wait = self.throttle.retry_after(client)
+        if wait is not None:
+            return Identity(Caller.REFUSED), error(
+                429,
+                "error",
+                f"too many failed authentications from {client}; retry in {wait} s",
+                **{"Retry-After": str(wait)},
+            )
+        header = request.headers.get("authorization")
+        if self.auth.needs_hash_check(header):
+            identity = await anyio.to_thread.run_sync(self.auth.identify, header)
+        else:
+            identity = self.auth.identify(header)
+        if identity.caller is Caller.REFUSED:
+            self.throttle.failed(client)
+            return identity, access_denied("credentials not accepted; check the user and password in the endpoint")
+        if identity.caller is Caller.ANONYMOUS:
+            if action == "read" and self.anonymous_reads:
+                return identity, None
+            return identity, access_denied(self._anonymous_refusal(action))
+        if identity.caller is Caller.INSTANCE:
+            if action != "read":
+                return identity, forbidden("a VM's own credential may only read its settings")
+            if identity.user != instance_id:
+                return identity, forbidden(
+                    f"the credential of {identity.user} may not read another instance's settings"
+                )
+        return identity, None
+
+    def _record(self, request: Request, raw_id: str, identity: Identity, response: Response) -> None:
+        if self.audit is None:
+            return
+        status = response.status_code
+        self.audit.record(
+            _ACTIONS[request.method],
+            raw_id[:255],
+            _client(request),
+            identity.caller.value,
+            status,
+            _OUTCOMES.get(status, "error"),
+        )
+
     async def healthz(self, _request: Request) -> Response:
         """The process is up and answering."""
         return JSONResponse(OK)
@@ -102,8 +183,8 @@ class RegistryApi:
             return error(503, "error", str(exc))
         return JSONResponse(OK)
 
-    def _anonymous_refusal(self, method: str) -> str:
-        if method in ("GET", "HEAD"):
+    def _anonymous_refusal(self, action: str) -> str:
+        if action == "read":
             if self.config.cloud is not None:
                 return (
                     "credentials required: the IaaS address check for unauthenticated reads is not "
@@ -113,7 +194,7 @@ class RegistryApi:
                 "credentials required; put user:password in the registry endpoint "
                 "(or set http.allow_anonymous_reads: true)"
             )
-        return "credentials required to change settings"
+        return f"credentials required ({action})"
 
     async def _read_body(self, request: Request) -> bytes:
         declared = request.headers.get("content-length", "")
@@ -153,11 +234,14 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
     return error(500, "error", "internal error; the registry log has the details")
 
 
-def create_app(config: RegistryConfig, store: SettingsStore) -> Callable[..., Awaitable[None]]:
+def create_app(
+    config: RegistryConfig, store: SettingsStore, audit: AuditLog | None = None
+) -> Callable[..., Awaitable[None]]:
     """The ASGI application: routes, JSON error handlers and the access log."""
-    api = RegistryApi(config, store)
+    api = RegistryApi(config, store, audit)
     routes = [
         Route("/instances/{instance_id}/settings", api.settings, methods=["GET", "PUT", "DELETE"]),
+        Route("/instances/{instance_id}/credentials", api.credentials, methods=["POST"]),
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/readyz", api.readyz, methods=["GET"]),
     ]
@@ -166,3 +250,7 @@ def create_app(config: RegistryConfig, store: SettingsStore) -> Callable[..., Aw
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
     )
     return AccessLogMiddleware(app)
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "-"

@@ -1,22 +1,45 @@
-"""HTTP basic auth as the original registry does it, compared in constant time."""
+"""Who a request comes from: an admin (the original's basic auth), one VM (its per-VM credential), or
+nobody. Every comparison is constant-time.
+
+Admin passwords may be configured as bcrypt hashes. A bcrypt check costs a fifth of a second by design,
+so a password that passed once is remembered (as a keyed digest, never in clear) and later requests
+with it cost no more than a plain comparison.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import enum
+import hashlib
 import hmac
+import secrets
 from collections.abc import Mapping
+from dataclasses import dataclass
+
+import bcrypt
+
+from boshreg.credentials import token_matches
+from boshreg.registry.config import AdminSecret
+from boshreg.registry.payload import INSTANCE_ID
 
 REALM = 'Basic realm="Bosh Registry"'
+_REMEMBERED_MAX = 1024
 
 
 class Caller(enum.Enum):
-    """Who a request comes from, as far as its credentials tell."""
+    """The kinds of caller, as the audit trail records them."""
 
     ANONYMOUS = "anonymous"  # no Authorization header
     ADMIN = "admin"  # a configured user with the right password
+    INSTANCE = "per-vm"  # a VM's own read credential
     REFUSED = "refused"  # credentials given but wrong or malformed
+
+
+@dataclass(frozen=True)
+class Identity:
+    caller: Caller
+    user: str | None = None
 
 
 def parse_basic(header: str | None) -> tuple[str, str] | None:
@@ -34,24 +57,65 @@ def parse_basic(header: str | None) -> tuple[str, str] | None:
     return (user, password) if colon else ("", "")
 
 
-class BasicAuth:
-    """Checks a request's credentials against the configured admin users."""
+def hash_password(password: str) -> str:
+    """A bcrypt hash for http.password_hash."""
+    return bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt()).decode("ascii")
 
-    def __init__(self, users: Mapping[str, str]) -> None:
-        self._users = [(u.encode(), p.encode()) for u, p in users.items()]
 
-    def identify(self, header: str | None) -> Caller:
+class Authenticator:
+    """Checks a request's credentials against the admin users and the instance secret."""
+
+    def __init__(self, admins: Mapping[str, AdminSecret], instance_secret: str | None) -> None:
+        self._plain = [(u.encode(), s.password.encode()) for u, s in admins.items() if s.password is not None]
+        self._hashed = {u: s.password_hash.encode() for u, s in admins.items() if s.password_hash is not None}
+        self._instance_secret = instance_secret
+        self._remember_key = secrets.token_bytes(32)
+        self._remembered: set[bytes] = set()
+
+    def needs_hash_check(self, header: str | None) -> bool:
+        """True when identifying this request means a slow bcrypt check (run it off the event loop)."""
+        credentials = parse_basic(header)
+        if credentials is None or credentials[0] not in self._hashed:
+            return False
+        return self._digest(*credentials) not in self._remembered
+
+    def identify(self, header: str | None) -> Identity:
         """Classify a request by its Authorization header."""
         credentials = parse_basic(header)
         if header and credentials is None:
-            return Caller.REFUSED  # another scheme (Bearer, Digest): not ours
+            return Identity(Caller.REFUSED)  # another scheme (Bearer, Digest): not ours
         if credentials is None:
-            return Caller.ANONYMOUS
-        user, password = credentials[0].encode(), credentials[1].encode()
+            return Identity(Caller.ANONYMOUS)
+        user, password = credentials
+        if self._is_admin(user, password):
+            return Identity(Caller.ADMIN, user)
+        if (
+            self._instance_secret is not None
+            and INSTANCE_ID.fullmatch(user)
+            and token_matches(self._instance_secret, user, password)
+        ):
+            return Identity(Caller.INSTANCE, user)
+        return Identity(Caller.REFUSED, user)
+
+    def _is_admin(self, user: str, password: str) -> bool:
+        presented_user, presented_password = user.encode(), password.encode()
         matched = False
-        for known_user, known_password in self._users:
+        for known_user, known_password in self._plain:
             # Every user is compared, with both parts, so timing does not tell which part was wrong.
-            user_ok = hmac.compare_digest(user, known_user)
-            password_ok = hmac.compare_digest(password, known_password)
+            user_ok = hmac.compare_digest(presented_user, known_user)
+            password_ok = hmac.compare_digest(presented_password, known_password)
             matched |= user_ok & password_ok
-        return Caller.ADMIN if matched else Caller.REFUSED
+        known_hash = self._hashed.get(user)
+        if known_hash is not None:
+            digest = self._digest(user, password)
+            if digest in self._remembered:
+                return True
+            if bcrypt.checkpw(presented_password, known_hash):
+                if len(self._remembered) >= _REMEMBERED_MAX:
+                    self._remembered.clear()
+                self._remembered.add(digest)
+                return True
+        return matched
+
+    def _digest(self, user: str, password: str) -> bytes:
+        return hmac.new(self._remember_key, f"{user}\0{password}".encode(), hashlib.sha256).digest()

@@ -6,6 +6,8 @@ naming the key, and keys we do not know produce a warning instead of being silen
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -36,6 +38,14 @@ _DEFAULT_URL_DRIVERS = {
 }
 
 
+@dataclass(frozen=True)
+class AdminSecret:
+    """An admin's password, in clear or as a bcrypt hash."""
+
+    password: str | None = None
+    password_hash: str | None = None
+
+
 class ConfigError(Exception):
     """A config that cannot be used; the message names the key and the fix."""
 
@@ -45,9 +55,38 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
 
+_BCRYPT = re.compile(r"\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}")
+
+
+def _one_secret(password: str | None, password_hash: str | None, where: str) -> None:
+    if (password is None) == (password_hash is None):
+        raise ValueError(
+            f"give {where}password or {where}password_hash (a bcrypt hash from `boshreg hash-password`), exactly one"
+        )
+    if password_hash is not None and not _BCRYPT.fullmatch(password_hash):
+        raise ValueError(f"{where}password_hash is not a bcrypt hash ($2b$...); make one with `boshreg hash-password`")
+
+
 class HttpUser(_Section):
     username: Annotated[str, Field(min_length=1)]
-    password: Annotated[str, Field(min_length=1)]
+    password: Annotated[str | None, Field(min_length=1)] = None
+    password_hash: str | None = None
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> HttpUser:
+        _one_secret(self.password, self.password_hash, "")
+        return self
+
+
+class TlsConfig(_Section):
+    cert: str
+    key: str
+
+
+class ThrottleConfig(_Section):
+    max_failures: Annotated[int, Field(ge=1, le=100_000)] = 10  # failed authentications per address ...
+    window: Annotated[float, Field(gt=0, le=86_400)] = 60.0  # ... within this many seconds ...
+    block: Annotated[float, Field(gt=0, le=86_400)] = 60.0  # ... block that address this long (429)
 
 
 class HttpConfig(_Section):
@@ -55,7 +94,11 @@ class HttpConfig(_Section):
     host: str = "0.0.0.0"  # noqa: S104 - the registry must be reachable from VMs
     user: Annotated[str, Field(min_length=1)] = "admin"
     password: Annotated[str | None, Field(min_length=1)] = None
+    password_hash: str | None = None
     additional_users: list[HttpUser] = []
+    instance_secret: Annotated[str | None, Field(min_length=16)] = None
+    auth_throttle: ThrottleConfig = ThrottleConfig()
+    tls: TlsConfig | None = None
     allow_anonymous_reads: bool = False
     max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = DEFAULT_MAX_BODY_BYTES
     request_timeout: Annotated[float, Field(gt=0, le=300)] = 15.0
@@ -136,12 +179,18 @@ class CloudConfig(_Section):
         return self
 
 
+class AuditConfig(_Section):
+    max_age_hours: Annotated[float, Field(gt=0, le=24 * 3650)] = 24 * 30
+    max_rows: Annotated[int, Field(ge=100, le=100_000_000)] = 1_000_000
+
+
 class RegistryConfig(_Section):
     loglevel: str = "info"
     logfile: str | None = None
     http: HttpConfig = HttpConfig()
     db: DbConfig = DbConfig(database="registry.db")
     cloud: CloudConfig | None = None
+    audit: AuditConfig = AuditConfig()
 
     @field_validator("loglevel")
     @classmethod
@@ -157,10 +206,12 @@ class RegistryConfig(_Section):
 
     @model_validator(mode="after")
     def _password_given(self) -> RegistryConfig:
-        if self.http.password is None:
+        if self.http.password is None and self.http.password_hash is None:
             raise ValueError(
-                "http.password is missing: set http.password (or start without a config file to have one generated)"
+                "http.password is missing: set http.password or http.password_hash (or start without a config "
+                "file to have one generated)"
             )
+        _one_secret(self.http.password, self.http.password_hash, "http.")
         if self.http.allow_anonymous_reads and self.cloud is not None:
             raise ValueError(
                 "http.allow_anonymous_reads cannot be combined with cloud: with a cloud, "
@@ -173,10 +224,10 @@ class RegistryConfig(_Section):
         """The Python logging name for the original's Ruby Logger levels."""
         return {"warn": "WARNING", "fatal": "CRITICAL"}.get(self.loglevel, self.loglevel.upper())
 
-    def users(self) -> dict[str, str]:
+    def users(self) -> dict[str, AdminSecret]:
         """Every admin credential: the main user and the additional ones."""
-        users = {u.username: u.password for u in self.http.additional_users}
-        users[self.http.user] = self.http.password or ""
+        users = {u.username: AdminSecret(u.password, u.password_hash) for u in self.http.additional_users}
+        users[self.http.user] = AdminSecret(self.http.password, self.http.password_hash)
         return users
 
 

@@ -11,8 +11,10 @@ import os
 import secrets
 import stat
 import string
+from collections.abc import Callable
 from pathlib import Path
 
+from boshreg.credentials import generate_secret
 from boshreg.endpoint import Endpoint
 from boshreg.registry.config import DEFAULT_PORT, DbConfig, HttpConfig, RegistryConfig
 
@@ -20,6 +22,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DATA_DIR = Path(".boshreg")
 PASSWORD_FILE = "admin-password"
+INSTANCE_SECRET_FILE = "instance-secret"
 DATABASE_FILE = "registry.db"
 
 
@@ -29,17 +32,27 @@ class DataDirError(Exception):
 
 def admin_password(data_dir: Path) -> str:
     """The data directory's admin password, generated (mode 0600) on first use."""
-    path = data_dir / PASSWORD_FILE
+    return _kept_secret(data_dir, PASSWORD_FILE, generate_password)
+
+
+def instance_secret(data_dir: Path) -> str:
+    """The data directory's instance secret (the key of per-VM credentials), generated on first use."""
+    return _kept_secret(data_dir, INSTANCE_SECRET_FILE, generate_secret)
+
+
+def _kept_secret(data_dir: Path, name: str, generate: Callable[[], str]) -> str:
+    """A secret kept in ``data_dir/name`` (mode 0600): read when there, created atomically when not."""
+    path = data_dir / name
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             return _read_password(path)
-        password = generate_password()
+        secret = generate()
         with os.fdopen(fd, "w", encoding="ascii") as handle:
-            handle.write(password + "\n")
-        return password
+            handle.write(secret + "\n")
+        return secret
     except OSError as exc:
         raise DataDirError(
             f"cannot use data directory {data_dir}: {exc.strerror}; pass --data-dir with a writable directory"
@@ -72,6 +85,22 @@ def _read_password(path: Path) -> str:
     if not password:
         raise DataDirError(f"{path} is empty; delete it to have a new password generated")
     return password
+
+
+def with_instance_secret(config: RegistryConfig, data_dir: Path) -> RegistryConfig:
+    """The config with http.instance_secret filled from the data directory when the file gives none."""
+    if config.http.instance_secret is not None:
+        return config
+    http = config.http.model_copy(update={"instance_secret": instance_secret(data_dir)})
+    return config.model_copy(update={"http": http})
+
+
+def zero_config_for_reading(data_dir: Path) -> RegistryConfig:
+    """The zero-config registry's config, for commands that only read its database."""
+    database = (data_dir / DATABASE_FILE).resolve()
+    if not database.exists():
+        raise DataDirError(f"no registry database in {data_dir}; pass --data-dir of a `boshreg serve`, or --config")
+    return RegistryConfig(http=HttpConfig(password="unused"), db=DbConfig(adapter="sqlite", database=str(database)))
 
 
 def zero_config(data_dir: Path, *, host: str | None = None, port: int | None = None) -> RegistryConfig:

@@ -10,12 +10,14 @@ import ipaddress
 import logging
 import socket
 from dataclasses import dataclass
+from datetime import timedelta
 
 import psutil
 import uvicorn
 
 from boshreg.endpoint import Endpoint
 from boshreg.registry.app import create_app
+from boshreg.registry.audit import AuditLog
 from boshreg.registry.config import RegistryConfig
 from boshreg.registry.engine import build_engine
 from boshreg.registry.store import SettingsStore, StoreUnavailable
@@ -78,22 +80,34 @@ def open_store(config: RegistryConfig) -> SettingsStore:
     return store
 
 
+def open_audit(config: RegistryConfig, store: SettingsStore) -> AuditLog:
+    """The audit trail, in the store's database, with its writer thread running."""
+    return AuditLog(
+        store.engine, max_age=timedelta(hours=config.audit.max_age_hours), max_rows=config.audit.max_rows
+    ).start()
+
+
 def serve(config: RegistryConfig, store: SettingsStore, listening: Listening) -> None:
-    """Serve until interrupted (SIGINT/SIGTERM), then close the database pool."""
+    """Serve until interrupted (SIGINT/SIGTERM), then flush the audit trail and close the database pool."""
+    audit = open_audit(config, store)
+    tls = config.http.tls
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(config, store),
+            create_app(config, store, audit),
             log_config=None,  # our handlers, with redaction
             access_log=False,  # replaced by boshreg.access, one line per request
             proxy_headers=False,  # the client address is the peer's; forwarded headers are not trusted
             server_header=False,
             lifespan="off",
             timeout_graceful_shutdown=5,
+            ssl_certfile=tls.cert if tls else None,
+            ssl_keyfile=tls.key if tls else None,
         )
     )
     try:
         server.run(sockets=[listening.sock])
     finally:
+        audit.stop()
         store.close()
         listening.sock.close()
 
@@ -105,14 +119,14 @@ def startup_message(
     host = config.http.host
     shown_host = f"[{host}]" if ":" in host else host
     endpoint = Endpoint(
-        scheme="http",
+        scheme="https" if config.http.tls else "http",
         host=listening.advertised_host,
         port=listening.port,
         user=config.http.user,
         password=config.http.password,
     )
     lines = [
-        f"boshreg registry listening on http://{shown_host}:{listening.port}",
+        f"boshreg registry listening on {endpoint.scheme}://{shown_host}:{listening.port}",
         f"  database: {store.database}",
     ]
     if password_file is None:

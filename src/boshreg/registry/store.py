@@ -12,44 +12,15 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import (
-    Column,
-    Engine,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    delete,
-    inspect,
-    select,
-    text,
-    update,
-)
+from sqlalchemy import Engine, delete, inspect, select, text, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
 
 from boshreg.endpoint import redact_url
+from boshreg.registry.tables import metadata, registry_instances
 
 log = logging.getLogger(__name__)
-
-metadata = MetaData()
-
-registry_instances = Table(
-    "registry_instances",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    # Binary collation on MySQL: instance ids are case-sensitive everywhere else.
-    Column(
-        "instance_id",
-        String(255).with_variant(mysql.VARCHAR(255, collation="utf8mb4_bin"), "mysql", "mariadb"),
-        nullable=False,
-        unique=True,
-    ),
-    # LONGTEXT on MySQL for tables we create: TEXT stops at 64 KiB, below our body limit.
-    Column("settings", Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb"), nullable=False),
-)
 
 _MYSQL_DATA_TOO_LONG = 1406
 

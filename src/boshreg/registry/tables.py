@@ -1,0 +1,41 @@
+"""The registry's tables: the original's ``registry_instances``, exactly, and our ``registry_events``.
+
+The original ignores tables it does not know, so the audit trail can live in the same database.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Column, DateTime, Index, Integer, MetaData, SmallInteger, String, Table, Text
+from sqlalchemy.dialects import mysql
+
+metadata = MetaData()
+
+registry_instances = Table(
+    "registry_instances",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    # Binary collation on MySQL: instance ids are case-sensitive everywhere else.
+    Column(
+        "instance_id",
+        String(255).with_variant(mysql.VARCHAR(255, collation="utf8mb4_bin"), "mysql", "mariadb"),
+        nullable=False,
+        unique=True,
+    ),
+    # LONGTEXT on MySQL for tables we create: TEXT stops at 64 KiB, below our body limit.
+    Column("settings", Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb"), nullable=False),
+)
+
+registry_events = Table(
+    "registry_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("action", String(16), nullable=False),  # read, write, delete, credentials
+    Column("instance_id", String(255), nullable=False),
+    Column("client", String(64), nullable=False),
+    Column("credential", String(16), nullable=False),  # admin, per-vm, anonymous, refused
+    Column("status", SmallInteger, nullable=False),
+    Column("outcome", String(32), nullable=False),
+    Index("registry_events_instance_at", "instance_id", "at"),
+    Index("registry_events_at", "at"),
+)
