@@ -81,6 +81,7 @@ class RegistryLauncher:
         args: list[str] | None = None,
         env: dict[str, str] | None = None,
         loglevel: str = "info",
+        cafile: str | None = None,
         **http: Any,
     ) -> RegistryProcess:
         port = free_port()
@@ -88,7 +89,7 @@ class RegistryLauncher:
             db_text = url_text(db) if isinstance(db, URL) else db or f"sqlite:///{self.directory}/registry.db"
             config = write_config(self.directory / f"registry-{port}.yml", db_text, port, loglevel, **http)
             args = ["--config", str(config)]
-        process = RegistryProcess(self.directory, [*args, "--port", str(port)], port, env)
+        process = RegistryProcess(self.directory, [*args, "--port", str(port)], port, env, cafile)
         self.started.append(process)
         return process.start()
 

@@ -17,6 +17,7 @@ import click
 from boshreg import __version__
 from boshreg.agent.cli import main as agent_main
 from boshreg.client import RegistryClient, RegistryClientError
+from boshreg.cpi.credentials import per_vm_endpoint
 from boshreg.cpi.delivery import Delivery
 from boshreg.cpi.delivery import render as render_bootstrap
 from boshreg.cpi.inspect import RequestError, inspect_request
@@ -166,6 +167,12 @@ data_dir_option = click.option(
     show_default=True,
     help="Data directory of a local `boshreg serve`, used when no --endpoint is given.",
 )
+cacert_option = click.option(
+    "--cacert",
+    type=click.Path(exists=True, dir_okay=False),
+    envvar="BOSHREG_CACERT",
+    help="CA certificate for an https registry. [env: BOSHREG_CACERT]",
+)
 timeout_option = click.option(
     "--timeout",
     type=click.FloatRange(0.1, 300),
@@ -258,10 +265,11 @@ def settings() -> None:
 @click.argument("instance_id")
 @endpoint_option
 @data_dir_option
+@cacert_option
 @timeout_option
-def settings_get(instance_id: str, endpoint: str | None, data_dir: Path, timeout: float) -> None:
+def settings_get(instance_id: str, endpoint: str | None, data_dir: Path, cacert: str | None, timeout: float) -> None:
     """Print the settings stored for INSTANCE_ID, exactly as stored."""
-    with RegistryClient(_endpoint(endpoint, data_dir), timeout=timeout) as client:
+    with RegistryClient(_endpoint(endpoint, data_dir), timeout=timeout, cacert=cacert) as client:
         settings_text = client.get_settings(instance_id)
     click.echo(settings_text, nl=not settings_text.endswith("\n"))
 
@@ -271,13 +279,19 @@ def settings_get(instance_id: str, endpoint: str | None, data_dir: Path, timeout
 @click.argument("settings_file", metavar="FILE|-", type=click.File("rb"))
 @endpoint_option
 @data_dir_option
+@cacert_option
 @timeout_option
 def settings_put(
-    instance_id: str, settings_file: BinaryIO, endpoint: str | None, data_dir: Path, timeout: float
+    instance_id: str,
+    settings_file: BinaryIO,
+    endpoint: str | None,
+    data_dir: Path,
+    cacert: str | None,
+    timeout: float,
 ) -> None:
     """Store FILE (or standard input, -) as the settings of INSTANCE_ID."""
     content = settings_file.read()
-    with RegistryClient(_endpoint(endpoint, data_dir), timeout=timeout) as client:
+    with RegistryClient(_endpoint(endpoint, data_dir), timeout=timeout, cacert=cacert) as client:
         client.put_settings(instance_id, content)
     click.echo(f"stored settings of {instance_id} ({len(content)} bytes)")
 
@@ -286,10 +300,11 @@ def settings_put(
 @click.argument("instance_id")
 @endpoint_option
 @data_dir_option
+@cacert_option
 @timeout_option
-def settings_delete(instance_id: str, endpoint: str | None, data_dir: Path, timeout: float) -> None:
+def settings_delete(instance_id: str, endpoint: str | None, data_dir: Path, cacert: str | None, timeout: float) -> None:
     """Remove the settings of INSTANCE_ID (succeeds when there were none)."""
-    with RegistryClient(_endpoint(endpoint, data_dir), timeout=timeout) as client:
+    with RegistryClient(_endpoint(endpoint, data_dir), timeout=timeout, cacert=cacert) as client:
         client.delete_settings(instance_id)
     click.echo(f"deleted settings of {instance_id}")
 
@@ -359,6 +374,25 @@ def userdata_group() -> None:
 @click.option("--dns", multiple=True, help="A DNS server for dns.nameserver (repeatable).")
 @click.option("--public-key", "public_key_file", type=click.File("r"), help="SSH public key file.")
 @click.option(
+    "--per-vm-credentials/--no-per-vm-credentials",
+    "per_vm",
+    default=None,
+    help="Give the VM its own read credential instead of the admin's. Default: on when the instance "
+    "secret is known (--instance-secret-file); with the flag and no secret, the registry is asked.",
+)
+@click.option(
+    "--instance-secret-file",
+    type=click.File("r"),
+    envvar="BOSHREG_INSTANCE_SECRET_FILE",
+    help="The registry's http.instance_secret (a data directory's instance-secret file).",
+)
+@click.option(
+    "--cacert",
+    type=click.Path(exists=True, dir_okay=False),
+    envvar="BOSHREG_CACERT",
+    help="CA certificate for an https registry.",
+)
+@click.option(
     "--delivery",
     type=click.Choice([d.value for d in Delivery]),
     default=Delivery.METADATA.value,
@@ -374,6 +408,9 @@ def userdata_render(
     settings_file: BinaryIO | None,
     dns: tuple[str, ...],
     public_key_file: TextIO | None,
+    per_vm: bool | None,
+    instance_secret_file: TextIO | None,
+    cacert: str | None,
     delivery: str,
     as_json: bool,
 ) -> None:
@@ -391,6 +428,10 @@ def userdata_render(
     for server in dns:
         if not is_ip_address(server):
             raise CliError(f"--dns {server!r} is not an IP address")
+    secret = instance_secret_file.read().strip() if instance_secret_file else None
+    admin_in_vm = endpoint is not None and per_vm is None and secret is None
+    if endpoint is not None and (per_vm or (per_vm is None and secret is not None)):
+        endpoint = per_vm_endpoint(endpoint, name, secret=secret, cacert=cacert)
     bootstrap = render_bootstrap(
         name,
         endpoint=endpoint,
@@ -400,6 +441,12 @@ def userdata_render(
         delivery=Delivery(delivery),
     )
     fragment = bootstrap.nova_fragment()
+    if admin_in_vm:
+        click.echo(
+            "warning: the user data carries the admin credential: any process on the VM can read and "
+            "overwrite every VM's settings; use --per-vm-credentials",
+            err=True,
+        )
     if as_json:
         _print_json(
             {
@@ -455,9 +502,17 @@ def inspect_command(ctx: click.Context, request_file: BinaryIO, as_json: bool) -
     show_default=True,
     help="Seconds to wait for the registry with --online.",
 )
+@click.option(
+    "--cacert",
+    type=click.Path(exists=True, dir_okay=False),
+    envvar="BOSHREG_CACERT",
+    help="CA certificate for an https registry, with --online.",
+)
 @json_option
 @click.pass_context
-def doctor_command(ctx: click.Context, manifest: Path, online: bool, timeout: float, as_json: bool) -> None:
+def doctor_command(
+    ctx: click.Context, manifest: Path, online: bool, timeout: float, cacert: str | None, as_json: bool
+) -> None:
     """Check a deployment manifest or CPI properties file before deploying.
 
     Reads cloud.properties (micro_bosh.yml), cloud_provider.properties, or the same keys at the top
@@ -468,7 +523,7 @@ def doctor_command(ctx: click.Context, manifest: Path, online: bool, timeout: fl
       boshreg doctor micro_bosh.yml
       boshreg doctor cpi.yml --online --json
     """
-    report = diagnose(load_manifest(manifest), str(manifest), online=online, timeout=timeout)
+    report = diagnose(load_manifest(manifest), str(manifest), online=online, timeout=timeout, cacert=cacert)
     if as_json:
         _print_json(report.to_json())
     else:

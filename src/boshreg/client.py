@@ -7,6 +7,7 @@ what to change; the password never appears in it.
 from __future__ import annotations
 
 import json
+import ssl
 from typing import Any
 
 import httpx
@@ -25,10 +26,11 @@ class RegistryClientError(Exception):
 class RegistryClient:
     """GET, PUT and DELETE of one instance's settings at one registry endpoint."""
 
-    def __init__(self, endpoint: Endpoint, *, timeout: float = 10.0) -> None:
+    def __init__(self, endpoint: Endpoint, *, timeout: float = 10.0, cacert: str | None = None) -> None:
         self.endpoint = endpoint
         auth = (endpoint.user or "", endpoint.password or "") if endpoint.has_credentials else None
-        self._http = httpx.Client(auth=auth, timeout=timeout, trust_env=False)
+        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=cacert) if cacert else True
+        self._http = httpx.Client(auth=auth, timeout=timeout, trust_env=False, verify=verify)
 
     def __enter__(self) -> RegistryClient:
         return self
@@ -53,13 +55,24 @@ class RegistryClient:
         content = settings.encode("utf-8") if isinstance(settings, str) else settings
         self._call("PUT", instance_id, content=content)
 
+    def instance_credentials(self, instance_id: str) -> tuple[str, str]:
+        """The read credential the registry issues for ``instance_id`` (admin credentials needed)."""
+        body = self._call("POST", instance_id, path="credentials")
+        user, password = body.get("user"), body.get("password")
+        if not isinstance(user, str) or not isinstance(password, str):
+            where = self.endpoint.settings_url(instance_id, redacted=True)
+            raise RegistryClientError(f"unexpected answer from {where}: no user and password in the body")
+        return user, password
+
     def delete_settings(self, instance_id: str) -> None:
         """Remove the settings of ``instance_id`` (no error when there were none)."""
         self._call("DELETE", instance_id)
 
-    def _call(self, method: str, instance_id: str, content: bytes | None = None) -> dict[str, Any]:
-        url = self.endpoint.settings_url(instance_id)
-        where = self.endpoint.settings_url(instance_id, redacted=True)
+    def _call(
+        self, method: str, instance_id: str, content: bytes | None = None, path: str = "settings"
+    ) -> dict[str, Any]:
+        url = self.endpoint.settings_url(instance_id).removesuffix("/settings") + f"/{path}"
+        where = self.endpoint.settings_url(instance_id, redacted=True).removesuffix("/settings") + f"/{path}"
         headers = {"Content-Type": "application/json"} if content is not None else None
         try:
             response = self._http.request(method, url, content=content, headers=headers)

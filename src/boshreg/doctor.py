@@ -126,6 +126,7 @@ def diagnose(
     online: bool = False,
     timeout: float = 3.0,
     resolve: bool = True,
+    cacert: str | None = None,
 ) -> Report:
     """Run every check over a loaded manifest."""
     properties, where = cpi_properties(document)
@@ -136,7 +137,7 @@ def diagnose(
         _check_reachability(report, endpoint, resolve)
     _check_delivery(report, document, properties, prefix)
     if online and endpoint is not None:
-        _check_online(report, endpoint, timeout)
+        _check_online(report, endpoint, timeout, cacert)
     return report
 
 
@@ -230,10 +231,10 @@ def _check_delivery(report: Report, document: Mapping[str, Any], properties: Map
         )
 
 
-def _check_online(report: Report, endpoint: Endpoint, timeout: float) -> None:
+def _check_online(report: Report, endpoint: Endpoint, timeout: float, cacert: str | None) -> None:
     name = "registry answers"
     try:
-        with RegistryClient(endpoint, timeout=timeout) as client:
+        with RegistryClient(endpoint, timeout=timeout, cacert=cacert) as client:
             client.get_settings(PROBE_INSTANCE)
     except RegistryClientError as exc:
         if exc.status_code == 404:

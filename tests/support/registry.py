@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -25,7 +26,10 @@ def free_port() -> int:
 class RegistryProcess:
     """One registry process; its stdout and stderr are kept for assertions."""
 
-    def __init__(self, workdir: Path, args: list[str], port: int, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, workdir: Path, args: list[str], port: int, env: dict[str, str] | None = None, cafile: str | None = None
+    ) -> None:
+        self.cafile = cafile  # set: the registry serves https, trusted through this CA
         self.workdir = workdir
         self.args = args
         self.port = port
@@ -36,7 +40,7 @@ class RegistryProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.cafile else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> RegistryProcess:
         with self.stdout_path.open("ab") as out, self.stderr_path.open("ab") as err:
@@ -57,7 +61,8 @@ class RegistryProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"registry exited with {self.process.returncode}: {self.stderr()}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                verify = ssl.create_default_context(cafile=self.cafile) if self.cafile else True
+                if httpx.get(f"{self.url}/healthz", timeout=1, verify=verify).status_code == 200:
                     return
             except httpx.TransportError:
                 pass

@@ -91,6 +91,7 @@ def build_parser(prog: str = "boshreg agent") -> argparse.ArgumentParser:
         default=DEFAULT_DEADLINE,
         help=f"give up after this many seconds (default {DEFAULT_DEADLINE:g})",
     )
+    resolve_parser.add_argument("--cacert", metavar="FILE", help="CA certificate for an https registry")
     resolve_parser.add_argument("--out", metavar="FILE", help="write the settings here (mode 0600) instead of stdout")
     resolve_parser.add_argument("--json", action="store_true", help="write the trace as JSON")
     return parser
@@ -119,7 +120,7 @@ def sources_from(args: argparse.Namespace) -> list[SettingsSource]:
 def main(argv: Sequence[str] | None = None, prog: str = "boshreg agent") -> int:
     args = build_parser(prog).parse_args(argv)
     try:
-        resolution = resolve(sources_from(args), key=args.key, deadline=args.deadline)
+        resolution = resolve(sources_from(args), key=args.key, deadline=args.deadline, cacert=args.cacert)
     except ResolveError as exc:
         _report(exc.trace.to_json() | {"error": str(exc)} if args.json else f"{exc.trace.to_text()}", args.json)
         if not args.json:

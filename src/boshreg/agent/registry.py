@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -28,7 +29,9 @@ class RegistryFetchError(Exception):
         self.retryable = retryable
 
 
-def fetch_settings(endpoint: Endpoint, key: str, nameservers: Sequence[str], *, timeout: float) -> dict[str, Any]:
+def fetch_settings(
+    endpoint: Endpoint, key: str, nameservers: Sequence[str], *, timeout: float, cacert: str | None = None
+) -> dict[str, Any]:
     """GET ``<endpoint>/instances/<key>/settings`` and return the decoded settings object."""
     url = endpoint.settings_url(key)
     # The scheme is http or https: parse_endpoint accepts nothing else.
@@ -39,7 +42,10 @@ def fetch_settings(endpoint: Endpoint, key: str, nameservers: Sequence[str], *, 
     if nameservers and endpoint.scheme == "http" and not _is_ip(endpoint.host):
         address = _resolve_with(endpoint.host, nameservers, timeout)
         request = _to_address(request, address, endpoint)
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+    if cacert is not None:
+        handlers.append(urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=cacert)))
+    opener = urllib.request.build_opener(*handlers)
     try:
         with opener.open(request, timeout=timeout) as response:
             body = response.read()
@@ -110,6 +116,12 @@ def _http_failure(status: int, body: bytes, key: str) -> RegistryFetchError:
 
 def _connection_failure(reason: object) -> RegistryFetchError:
     text = str(reason)
+    if isinstance(reason, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in text:
+        return RegistryFetchError(
+            f"TLS: {getattr(reason, 'verify_message', None) or text}",
+            "the registry's certificate is not trusted: give its CA with --cacert",
+            retryable=False,
+        )
     if "Name or service not known" in text or "nodename nor servname" in text or "Temporary failure in name" in text:
         return RegistryFetchError(
             f"DNS: {text}",

@@ -131,6 +131,7 @@ def resolve(
     deadline: float = DEFAULT_DEADLINE,
     sleep: Callable[[float], None] = time.sleep,
     now: Callable[[], float] = time.monotonic,
+    cacert: str | None = None,
 ) -> Resolution:
     """The VM's agent settings, or ResolveError; never longer than ``deadline`` seconds."""
     clock = _Clock(deadline, now, sleep)
@@ -144,7 +145,7 @@ def resolve(
             trace.steps.append(Step("registry", "none", "skipped", "user data carries the settings (agent_id)", 0.0))
             settings = {k: v for k, v in document.items() if k not in userdata.BOOTSTRAP_KEYS}
         else:
-            settings = _registry_settings(document, found, key, clock, trace)
+            settings = _registry_settings(document, found, key, clock, trace, cacert)
     finally:
         trace.seconds = round(clock.elapsed(), 3)
     return Resolution(settings, trace)
@@ -191,7 +192,7 @@ def _user_data(
 
 
 def _registry_settings(
-    document: dict[str, Any], found: SourceData, key: str, clock: _Clock, trace: Trace
+    document: dict[str, Any], found: SourceData, key: str, clock: _Clock, trace: Trace, cacert: str | None
 ) -> dict[str, Any]:
     endpoint = parse_endpoint(document["registry"]["endpoint"])  # validated with the user data
     if key == KEY_INSTANCE_ID:
@@ -206,7 +207,7 @@ def _registry_settings(
     nameservers = (document.get("dns") or {}).get("nameserver") or []
     started = clock.now()
     settings, error, attempts = clock.retry(
-        lambda timeout: fetch_settings(endpoint, registry_key, nameservers, timeout=timeout),
+        lambda timeout: fetch_settings(endpoint, registry_key, nameservers, timeout=timeout, cacert=cacert),
         RegistryFetchError,
         _registry_may_recover,
         REGISTRY_ATTEMPTS,

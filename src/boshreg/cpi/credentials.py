@@ -1,0 +1,26 @@
+"""The endpoint a VM gets in its user data: its own read credential, not the admin's.
+
+With the admin pair in every VM's user data, any process on any VM can read and overwrite every VM's
+settings. A per-VM credential reads one VM's settings and nothing else. The CPI side computes it when
+it knows the registry's instance secret, or asks the registry for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from boshreg.client import RegistryClient
+from boshreg.credentials import instance_token
+from boshreg.endpoint import Endpoint
+
+
+def per_vm_endpoint(
+    admin: Endpoint, instance_id: str, *, secret: str | None = None, cacert: str | None = None
+) -> Endpoint:
+    """``admin`` with the VM's own credential in place of the admin's."""
+    if secret is not None:
+        user, password = instance_id, instance_token(secret, instance_id)
+    else:
+        with RegistryClient(admin, cacert=cacert) as client:
+            user, password = client.instance_credentials(instance_id)
+    return replace(admin, user=user, password=password)
