@@ -82,12 +82,13 @@ class RegistryLauncher:
         env: dict[str, str] | None = None,
         loglevel: str = "info",
         cafile: str | None = None,
+        cloud: dict[str, Any] | None = None,
         **http: Any,
     ) -> RegistryProcess:
         port = free_port()
         if args is None:
             db_text = url_text(db) if isinstance(db, URL) else db or f"sqlite:///{self.directory}/registry.db"
-            config = write_config(self.directory / f"registry-{port}.yml", db_text, port, loglevel, **http)
+            config = write_config(self.directory / f"registry-{port}.yml", db_text, port, loglevel, cloud, **http)
             args = ["--config", str(config)]
         process = RegistryProcess(self.directory, [*args, "--port", str(port)], port, env, cafile)
         self.started.append(process)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import stat
@@ -11,28 +10,16 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from boshreg.agent import ConfigDriveSource
 from boshreg.testcloud.vms import OPENSTACK_VERSIONS
 from support.chain import PUBLIC_KEY, metadata_service, vm
 from support.cli import assert_one_line_error, boshreg
+from support.http import get_from as get
 from support.registry import free_port
 
 USER_DATA = b'{"server":{"name":"vm-1"},"agent_id":"a-1"}'
-
-
-def get(url: str, source_ip: str = "127.0.0.1") -> tuple[int, bytes]:
-    """GET from a chosen loopback source address, as another VM would."""
-    parsed = httpx.URL(url)
-    connection = http.client.HTTPConnection(parsed.host, parsed.port, timeout=5, source_address=(source_ip, 0))
-    try:
-        connection.request("GET", parsed.raw_path.decode())
-        response = connection.getresponse()
-        return response.status, response.read()
-    finally:
-        connection.close()
 
 
 def test_every_listed_openstack_version_is_served() -> None:

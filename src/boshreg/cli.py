@@ -37,6 +37,7 @@ from boshreg.registry.datadir import (
     zero_config_for_reading,
 )
 from boshreg.registry.engine import build_engine
+from boshreg.registry.iaas import IaasSetupError
 from boshreg.registry.server import ServeError, bind, open_store, serve, startup_message
 from boshreg.registry.store import SettingsStore
 from boshreg.testcloud.boot import boot
@@ -63,6 +64,7 @@ USER_ERRORS = (
     ManifestError,
     TestCloudError,
     SinceError,
+    IaasSetupError,
 )
 
 

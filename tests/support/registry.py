@@ -87,13 +87,17 @@ class RegistryProcess:
         return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
 
 
-def write_config(path: Path, db: str, port: int, loglevel: str = "info", **http: Any) -> Path:
+def write_config(
+    path: Path, db: str, port: int, loglevel: str = "info", cloud: dict[str, Any] | None = None, **http: Any
+) -> Path:
     settings = {"host": "127.0.0.1", "port": port, "user": "admin", "password": ADMIN_PASSWORD, **http}
     config = {
         "loglevel": loglevel,
         "http": {key: value for key, value in settings.items() if value is not None},
         "db": db,
     }
+    if cloud is not None:
+        config["cloud"] = cloud
     path.write_text(yaml.safe_dump(config))
     return path
 

@@ -23,7 +23,8 @@ from boshreg.registry.access_log import AccessLogMiddleware
 from boshreg.registry.audit import AuditLog
 from boshreg.registry.auth import REALM, Authenticator, Caller, Identity
 from boshreg.registry.config import RegistryConfig
-from boshreg.registry.payload import PayloadError, check_instance_id, check_settings
+from boshreg.registry.iaas import IaasUnavailable, InstanceUnknown, address_lookup, mismatch_message
+from boshreg.registry.payload import INSTANCE_ID, PayloadError, check_instance_id, check_settings
 from boshreg.registry.store import SettingsRejected, SettingsStore, StoreUnavailable
 from boshreg.registry.throttle import AuthThrottle
 
@@ -53,7 +54,7 @@ def access_denied(message: str) -> JSONResponse:
 
 _ACTIONS = {"GET": "read", "HEAD": "read", "PUT": "write", "DELETE": "delete", "POST": "credentials"}
 _OUTCOMES = {200: "ok", 400: "bad_request", 401: "access_denied", 403: "forbidden", 404: "not_found",
-             413: "too_large", 429: "throttled", 503: "unavailable"}  # fmt: skip
+             413: "too_large", 429: "throttled", 500: "ip_mismatch", 503: "unavailable"}  # fmt: skip
 
 
 def forbidden(message: str) -> JSONResponse:
@@ -75,6 +76,7 @@ class RegistryApi:
         self.max_body = config.http.max_body_bytes
         self.timeout = config.http.request_timeout
         self.limiter = anyio.CapacityLimiter(config.db.max_connections)
+        self.addresses = address_lookup(config.cloud, self.timeout) if config.cloud else None
 
     async def settings(self, request: Request) -> Response:
         """GET, PUT and DELETE of /instances/<id>/settings."""
@@ -148,6 +150,8 @@ class RegistryApi:
         if identity.caller is Caller.ANONYMOUS:
             if action == "read" and self.anonymous_reads:
                 return identity, None
+            if action == "read" and self.addresses is not None:
+                return identity, await self._address_check(client, instance_id)
             return identity, access_denied(self._anonymous_refusal(action))
         if identity.caller is Caller.INSTANCE:
             if action != "read":
@@ -157,6 +161,32 @@ class RegistryApi:
                     f"the credential of {identity.user} may not read another instance's settings"
                 )
         return identity, None
+
+    async def _address_check(self, client: str, instance_id: str) -> Response | None:
+        """The original's check for unauthenticated reads: the caller must hold one of the VM's addresses."""
+        if client == "127.0.0.1":  # never checked, as in the original
+            return None
+        if not INSTANCE_ID.fullmatch(instance_id):
+            return None  # refused with 400 before anything is read; no cloud call for it
+        assert self.addresses is not None
+        try:
+            with anyio.fail_after(self.timeout):
+                found = await anyio.to_thread.run_sync(self.addresses.addresses, instance_id, abandon_on_cancel=True)
+        except TimeoutError:
+            return error(
+                503,
+                "error",
+                f"the cloud did not answer within http.request_timeout ({self.timeout:g} s)",
+                **{"Retry-After": "1"},
+            )
+        except IaasUnavailable as exc:
+            log.warning("address check for %s: %s", instance_id, exc)
+            return error(503, "error", f"cannot check the caller's address: {exc}", **{"Retry-After": "1"})
+        except InstanceUnknown as exc:
+            return error(404, "not_found", str(exc))
+        if client in found:
+            return None
+        return error(500, "error", mismatch_message(client, found))
 
     def _record(self, request: Request, raw_id: str, identity: Identity, response: Response) -> None:
         if self.audit is None:
@@ -185,14 +215,9 @@ class RegistryApi:
 
     def _anonymous_refusal(self, action: str) -> str:
         if action == "read":
-            if self.config.cloud is not None:
-                return (
-                    "credentials required: the IaaS address check for unauthenticated reads is not "
-                    "available in this version; put user:password in the agent's registry endpoint"
-                )
             return (
                 "credentials required; put user:password in the registry endpoint "
-                "(or set http.allow_anonymous_reads: true)"
+                "(or set http.allow_anonymous_reads: true, or a cloud for the address check)"
             )
         return f"credentials required ({action})"
 

@@ -171,6 +171,7 @@ class CloudConfig(_Section):
     plugin: Literal["openstack", "aws"]
     openstack: OpenStackConfig | None = None
     aws: AwsConfig | None = None
+    address_cache_seconds: Annotated[float, Field(ge=0, le=3600)] = 30.0
 
     @model_validator(mode="after")
     def _plugin_section_given(self) -> CloudConfig:
