@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,8 +11,9 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import URL
 
+from boshreg.credentials import instance_token
 from support.databases import BACKENDS, Backend, backend, required, url_text
-from support.registry import ADMIN_PASSWORD, RegistryProcess, free_port, write_config
+from support.registry import ADMIN_PASSWORD, INSTANCE_SECRET, RegistryProcess, free_port, write_config
 
 _reasons: dict[str, str | None] = {}
 _skipped: dict[str, str] = {}
@@ -121,8 +123,10 @@ def shared_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Regist
 
 
 def assert_no_secrets(log_text: str, *secrets: str) -> None:
-    """Logs may name users and URLs but never a password."""
-    for secret in (ADMIN_PASSWORD, "postgres:postgres@", *secrets):
+    """Logs may name users, instances and URLs, but never a password, the instance secret or a VM's token."""
+    instance_ids = set(re.findall(r"/instances/([^/\s]+)/", log_text))
+    tokens = [instance_token(INSTANCE_SECRET, instance_id) for instance_id in instance_ids]
+    for secret in (ADMIN_PASSWORD, INSTANCE_SECRET, "postgres:postgres@", *tokens, *secrets):
         assert secret not in log_text, f"a secret leaked into the registry log: {secret[:3]}..."
 
 

@@ -18,9 +18,9 @@ from boshreg.registry.tables import metadata
 from boshreg.registry.throttle import AuthThrottle
 from conftest import RegistryLauncher, assert_no_secrets
 from support.cli import boshreg
-from support.registry import ADMIN_PASSWORD, RegistryProcess
+from support.registry import ADMIN_PASSWORD, INSTANCE_SECRET, RegistryProcess
 
-SECRET = "instance-secret-for-tests-0123456789"
+SECRET = INSTANCE_SECRET
 ADMIN = ("admin", ADMIN_PASSWORD)
 SETTINGS = b'{"agent_id": "a", "mbus": "nats://nats:Mbus-Secret@10.0.0.6:4222"}'
 

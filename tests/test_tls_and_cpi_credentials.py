@@ -16,9 +16,9 @@ from boshreg.endpoint import parse_endpoint
 from conftest import RegistryLauncher
 from support.chain import metadata_service, settings_for, vm
 from support.cli import assert_one_line_error, boshreg
-from support.registry import ADMIN_PASSWORD, RegistryProcess
+from support.registry import ADMIN_PASSWORD, INSTANCE_SECRET, RegistryProcess
 
-SECRET = "instance-secret-for-tests-0123456789"
+SECRET = INSTANCE_SECRET
 
 
 @pytest.fixture

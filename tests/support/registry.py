@@ -102,4 +102,6 @@ def write_config(
     return path
 
 
-ADMIN_PASSWORD = "s3cret-Adm1n-pw"  # distinctive, so a leak into any log is found by a plain search
+# Distinctive, so that a leak into any log is found by a plain search.
+ADMIN_PASSWORD = "s3cret-Adm1n-pw"
+INSTANCE_SECRET = "instance-secret-for-tests-0123456789"
