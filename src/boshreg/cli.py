@@ -68,6 +68,29 @@ USER_ERRORS = (
 )
 
 
+config_file_option = click.option(
+    "-c",
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    envvar="BOSHREG_CONFIG",
+    help="Registry YAML config (the original's keys). [env: BOSHREG_CONFIG]",
+)
+data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=DEFAULT_DATA_DIR,
+    envvar="BOSHREG_DATA_DIR",
+    show_default=True,
+    help="A zero-config registry's directory: its SQLite database, admin password and instance secret. "
+    "[env: BOSHREG_DATA_DIR]",
+)
+cacert_option = click.option(
+    "--cacert",
+    type=click.Path(exists=True, dir_okay=False),
+    envvar="BOSHREG_CACERT",
+    help="CA certificate for an https registry. [env: BOSHREG_CACERT]",
+)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 
 
@@ -89,22 +112,8 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option(
-    "-c",
-    "--config",
-    "config_file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    envvar="BOSHREG_CONFIG",
-    help="Registry YAML config (the original's keys). [env: BOSHREG_CONFIG]",
-)
-@click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=DEFAULT_DATA_DIR,
-    envvar="BOSHREG_DATA_DIR",
-    show_default=True,
-    help="Without --config: where the SQLite database and admin password live. [env: BOSHREG_DATA_DIR]",
-)
+@config_file_option
+@data_dir_option
 @click.option("--host", envvar="BOSHREG_HOST", help="Address to listen on (http.host). [env: BOSHREG_HOST]")
 @click.option(
     "--port",
@@ -161,20 +170,6 @@ endpoint_option = click.option(
     help="Registry URL with credentials, http://USER:PASSWORD@HOST:PORT. Default: the local zero-config "
     "registry of --data-dir. [env: BOSHREG_ENDPOINT]",
 )
-data_dir_option = click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=DEFAULT_DATA_DIR,
-    envvar="BOSHREG_DATA_DIR",
-    show_default=True,
-    help="Data directory of a local `boshreg serve`, used when no --endpoint is given.",
-)
-cacert_option = click.option(
-    "--cacert",
-    type=click.Path(exists=True, dir_okay=False),
-    envvar="BOSHREG_CACERT",
-    help="CA certificate for an https registry. [env: BOSHREG_CACERT]",
-)
 timeout_option = click.option(
     "--timeout",
     type=click.FloatRange(0.1, 300),
@@ -185,22 +180,8 @@ timeout_option = click.option(
 
 
 @cli.command("events")
-@click.option(
-    "-c",
-    "--config",
-    "config_file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    envvar="BOSHREG_CONFIG",
-    help="The registry's config file (its db). [env: BOSHREG_CONFIG]",
-)
-@click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=DEFAULT_DATA_DIR,
-    envvar="BOSHREG_DATA_DIR",
-    show_default=True,
-    help="Without --config: the zero-config registry's.",
-)
+@config_file_option
+@data_dir_option
 @click.option("--instance", "instance_id", help="Only this VM's events.")
 @click.option("--since", help="Only events this recent: 30s, 10m, 2h, 7d.")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True)
@@ -388,12 +369,7 @@ def userdata_group() -> None:
     envvar="BOSHREG_INSTANCE_SECRET_FILE",
     help="The registry's http.instance_secret (a data directory's instance-secret file).",
 )
-@click.option(
-    "--cacert",
-    type=click.Path(exists=True, dir_okay=False),
-    envvar="BOSHREG_CACERT",
-    help="CA certificate for an https registry.",
-)
+@cacert_option
 @click.option(
     "--delivery",
     type=click.Choice([d.value for d in Delivery]),
@@ -504,12 +480,7 @@ def inspect_command(ctx: click.Context, request_file: BinaryIO, as_json: bool) -
     show_default=True,
     help="Seconds to wait for the registry with --online.",
 )
-@click.option(
-    "--cacert",
-    type=click.Path(exists=True, dir_okay=False),
-    envvar="BOSHREG_CACERT",
-    help="CA certificate for an https registry, with --online.",
-)
+@cacert_option
 @json_option
 @click.pass_context
 def doctor_command(
