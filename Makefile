@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test lint typecheck unit databases tools clean
+.PHONY: setup run test lint typecheck unit faults databases tools clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ typecheck: $(STAMP)
 
 unit: $(STAMP) databases tools
 	$(BIN)/pytest
+
+## Fault tests, longer than in `make test`: SIGKILL mid-write (and database outages) on every backend.
+faults: $(STAMP) databases
+	BOSHREG_FAULT_SECONDS=10 $(BIN)/pytest -m faults -s tests/test_faults.py tests/test_api_backends.py
 
 ## Start PostgreSQL and MariaDB if they are down (install them as root if missing).
 databases:

@@ -83,6 +83,7 @@ def wait_for_status(http: httpx.Client, url: str, status: int, seconds: float) -
     raise AssertionError(f"{url} did not answer {status} within {seconds} s")
 
 
+@pytest.mark.faults
 def test_database_outage_gives_503_and_service_recovers_by_itself(
     proxied_database: tuple[URL, TcpProxy], start_registry: RegistryLauncher
 ) -> None:
@@ -109,6 +110,7 @@ def test_database_outage_gives_503_and_service_recovers_by_itself(
     assert "Traceback" not in registry.stderr()
 
 
+@pytest.mark.faults
 def test_hung_database_gives_503_within_the_request_timeout(
     proxied_database: tuple[URL, TcpProxy], start_registry: RegistryLauncher
 ) -> None:
@@ -126,6 +128,7 @@ def test_hung_database_gives_503_within_the_request_timeout(
         wait_for_status(http, vm, 200, RECOVERY_SECONDS)
 
 
+@pytest.mark.faults
 def test_registry_starts_while_the_database_is_down_and_serves_once_it_is_up(
     proxied_database: tuple[URL, TcpProxy], start_registry: RegistryLauncher
 ) -> None:

@@ -24,6 +24,7 @@ from boshreg.registry.audit import AuditLog
 from boshreg.registry.auth import REALM, Authenticator, Caller, Identity
 from boshreg.registry.config import RegistryConfig
 from boshreg.registry.iaas import IaasUnavailable, InstanceUnknown, address_lookup, mismatch_message
+from boshreg.registry.openapi import OPENAPI
 from boshreg.registry.payload import INSTANCE_ID, PayloadError, check_instance_id, check_settings
 from boshreg.registry.store import SettingsRejected, SettingsStore, StoreUnavailable
 from boshreg.registry.throttle import AuthThrottle
@@ -250,8 +251,14 @@ async def _http_error(_request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         return error(404, "not_found", "no such route; the API is /instances/<id>/settings")
     if exc.status_code == 405:
-        return error(405, "error", "method not allowed here; use GET, PUT or DELETE", Allow="GET, HEAD, PUT, DELETE")
+        # Starlette builds Allow from a set; sorted, it is the same on every run.
+        allowed = ", ".join(sorted(m.strip() for m in (exc.headers or {}).get("Allow", "").split(",") if m.strip()))
+        return error(405, "error", f"method not allowed here; use {allowed}", Allow=allowed)
     return error(exc.status_code, "error", str(exc.detail))
+
+
+async def _openapi(_request: Request) -> Response:
+    return JSONResponse(OPENAPI)
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
@@ -269,6 +276,7 @@ def create_app(
         Route("/instances/{instance_id}/credentials", api.credentials, methods=["POST"]),
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/readyz", api.readyz, methods=["GET"]),
+        Route("/openapi.json", _openapi, methods=["GET"]),
     ]
     app = Starlette(
         routes=routes,

@@ -1,0 +1,101 @@
+"""The registry API described as OpenAPI 3.1, served at /openapi.json and checked against the live server.
+
+Written out by hand because it is the contract with clients we do not control (the CPI, bosh-agent):
+every status a route can answer, and its JSON body.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from boshreg import __version__
+
+_ID = {
+    "name": "instance_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,255}$"},
+    "description": "The VM's registry key: its server name (OpenStack) or instance id (AWS).",
+}
+
+
+def _body(name: str) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}}
+
+
+def _error(description: str, **headers: dict[str, Any]) -> dict[str, Any]:
+    answer = {"description": description, **_body("Error")}
+    if headers:
+        answer["headers"] = headers
+    return answer
+
+
+_REALM = {"WWW-Authenticate": {"schema": {"type": "string"}, "description": 'Basic realm="Bosh Registry"'}}
+_RETRY = {"Retry-After": {"schema": {"type": "string"}}}
+_COMMON = {
+    "400": _error("Invalid instance id or body"),
+    "401": _error("Missing or wrong credentials", **_REALM),
+    "403": _error("A VM's credential used for another VM, or to change anything"),
+    "429": _error("Too many failed authentications from this address", **_RETRY),
+    "503": _error("The database or the cloud cannot be asked now", **_RETRY),
+}
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "boshreg registry", "version": __version__,
+             "description": "Wire-compatible with the original BOSH registry."},
+    "components": {
+        "securitySchemes": {"basic": {"type": "http", "scheme": "basic"}},
+        "schemas": {
+            "Ok": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
+            "Settings": {"type": "object", "required": ["status", "settings"],
+                         "properties": {"status": {"const": "ok"}, "settings": {
+                             "type": "string", "description": "The stored settings JSON text, as stored"}}},
+            "Credentials": {"type": "object", "required": ["status", "user", "password"],
+                            "properties": {"status": {"const": "ok"}, "user": {"type": "string"},
+                                           "password": {"type": "string"}}},
+            "Error": {"type": "object", "required": ["status"],
+                      "properties": {"status": {"enum": ["error", "not_found", "access_denied"]},
+                                     "error": {"type": "string"}}},
+            "AgentSettings": {"type": "object", "description": "The agent settings: any JSON object"},
+        },
+    },
+    "security": [{"basic": []}, {}],
+    "paths": {
+        "/instances/{instance_id}/settings": {
+            "parameters": [_ID],
+            "get": {
+                "summary": "A VM's settings (basic auth, or none with the address check)",
+                "responses": {"200": {"description": "The settings", **_body("Settings")}, **_COMMON,
+                              "404": _error("No settings stored for this instance"),
+                              "500": _error("Instance IP mismatch (unauthenticated read from another address)")},
+            },
+            "put": {
+                "summary": "Create or replace a VM's settings (admin)",
+                "requestBody": {"required": True, **_body("AgentSettings")},
+                "responses": {"200": {"description": "Stored", **_body("Ok")}, **_COMMON,
+                              "413": _error("Body larger than http.max_body_bytes")},
+            },
+            "delete": {
+                "summary": "Remove a VM's settings (admin); also ok when there were none",
+                "responses": {"200": {"description": "Removed", **_body("Ok")}, **_COMMON},
+            },
+        },
+        "/instances/{instance_id}/credentials": {
+            "parameters": [_ID],
+            "post": {
+                "summary": "The VM's read credential (admin)",
+                "responses": {"200": {"description": "The credential", **_body("Credentials")}, **_COMMON,
+                              "404": _error("Per-VM credentials are off")},
+            },
+        },
+        "/healthz": {"get": {"summary": "The process is up", "security": [{}],
+                             "responses": {"200": {"description": "Up", **_body("Ok")}}}},
+        "/readyz": {"get": {"summary": "The database answers", "security": [{}],
+                            "responses": {"200": {"description": "Ready", **_body("Ok")},
+                                          "503": _error("The database does not answer")}}},
+        "/openapi.json": {"get": {"summary": "This description", "security": [{}],
+                                  "responses": {"200": {"description": "OpenAPI 3.1",
+                                                        "content": {"application/json": {"schema": {}}}}}}},
+    },
+}  # fmt: skip
