@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test lint typecheck unit faults databases tools clean
+.PHONY: setup run test lint typecheck unit bench faults databases tools clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,14 +22,19 @@ run: $(STAMP)
 test: lint typecheck unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP) databases tools
 	$(BIN)/pytest
+
+## Benchmarks on loopback: GET and PUT load (wrk) on SQLite and PostgreSQL, against nginx; bench/results.json.
+bench: $(STAMP) databases
+	@bash scripts/ensure-bench-tools.sh
+	$(BIN)/python bench/run.py
 
 ## Fault tests, longer than in `make test`: SIGKILL mid-write (and database outages) on every backend.
 faults: $(STAMP) databases

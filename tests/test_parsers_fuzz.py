@@ -8,6 +8,8 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from boshreg.agent.registry import RegistryFetchError
+from boshreg.agent.registry import decode_answer as decode_registry_answer
 from boshreg.cpi import RequestError, inspect_request
 from boshreg.endpoint import EndpointError, parse_endpoint, redact_url
 from boshreg.userdata import UserDataError, decode, validate
@@ -63,3 +65,19 @@ def test_inspect_never_raises_anything_else(request: object) -> None:
     assert inspection.verdict in ("portable", "pinned", "unbootable")
     inspection.to_text()
     json.dumps(inspection.to_json())
+
+
+@given(
+    st.binary(max_size=300)
+    | json_values.map(lambda v: json.dumps(v).encode())
+    | json_values.map(lambda v: json.dumps({"status": "ok", "settings": json.dumps(v)}).encode())
+)
+def test_agent_wrapper_decoding_never_raises_anything_else(body: bytes) -> None:
+    retryable: bool | None = None
+    try:
+        settings = decode_registry_answer(body)
+    except RegistryFetchError as exc:
+        retryable = exc.retryable
+    else:
+        assert isinstance(settings, dict)
+    assert retryable is not True  # a malformed answer does not fix itself: no retry

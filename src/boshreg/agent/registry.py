@@ -57,10 +57,11 @@ def fetch_settings(
         raise _connection_failure("timed out") from None
     except OSError as exc:
         raise _connection_failure(exc) from None
-    return _decode(body)
+    return decode_answer(body)
 
 
-def _decode(body: bytes) -> dict[str, Any]:
+def decode_answer(body: bytes) -> dict[str, Any]:
+    """The settings object from a registry's 200 body, ``{"settings": "<JSON text>"}``, decoded twice."""
     not_settings = "the endpoint is not a BOSH registry, or a proxy answers in its place"
     try:
         wrapper = json.loads(body)

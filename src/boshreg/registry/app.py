@@ -105,7 +105,9 @@ class RegistryApi:
             if request.method == "DELETE":
                 await self._run(self.store.delete, instance_id)
                 return JSONResponse(OK)
-            stored = await self._run(self.store.get, instance_id)
+            stored = (
+                self.store.get(instance_id) if self.store.reads_inline else await self._run(self.store.get, instance_id)
+            )
         except PayloadError as exc:
             return error(400, "error", str(exc))
         except BodyTooLarge:

@@ -51,6 +51,12 @@ class SettingsStore:
         self._unique_instance_id = True
 
     @property
+    def reads_inline(self) -> bool:
+        """True when a read is cheaper than handing it to a thread: SQLite in WAL mode, where a read takes
+        microseconds and never waits for a writer. Networked databases are read from worker threads."""
+        return self.engine.dialect.name == "sqlite"
+
+    @property
     def database(self) -> str:
         """The database URL with its password hidden, for logs and the start-up banner."""
         return redact_url(self.engine.url.render_as_string(hide_password=True))
