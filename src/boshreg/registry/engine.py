@@ -53,7 +53,7 @@ def build_engine(db: DbConfig) -> Engine:
         pool_size=db.max_connections,
         max_overflow=0,
         pool_timeout=db.pool_timeout,
-        pool_pre_ping=True,
+        # No probe before each use: a dropped connection fails on use and the store retries it once.
         pool_recycle=3600,
         hide_parameters=True,
         connect_args=connect_args,

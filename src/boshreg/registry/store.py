@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
-from sqlalchemy import Engine, delete, inspect, select, text, update
+from sqlalchemy import Engine, bindparam, delete, inspect, select, text, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.sql.dml import Insert
@@ -23,6 +24,10 @@ from boshreg.registry.tables import metadata, registry_instances
 log = logging.getLogger(__name__)
 
 _MYSQL_DATA_TOO_LONG = 1406
+_GET_SETTINGS = select(registry_instances.c.settings).where(
+    registry_instances.c.instance_id == bindparam("instance_id")
+)
+T = TypeVar("T")
 
 
 class StoreError(Exception):
@@ -80,33 +85,58 @@ class SettingsStore:
 
     def get(self, instance_id: str) -> str | None:
         """The stored settings text, exactly as it was written, or None."""
-        self.ensure_schema()
-        query = select(registry_instances.c.settings).where(registry_instances.c.instance_id == instance_id)
-        with self._translate_errors(), self.engine.connect() as conn:
-            value = conn.execute(query).scalar_one_or_none()
-        return value
+
+        def read() -> str | None:
+            with self.engine.connect() as conn:
+                value: str | None = conn.execute(_GET_SETTINGS, {"instance_id": instance_id}).scalar_one_or_none()
+            return value
+
+        return self._run(read)
 
     def put(self, instance_id: str, settings: str) -> None:
         """Create or replace the settings of one instance, committed before returning."""
-        self.ensure_schema()
-        with self._translate_errors(), self.engine.begin() as conn:
-            if self._unique_instance_id:
-                conn.execute(self._upsert(instance_id, settings))
-                return
-            changed = conn.execute(
-                update(registry_instances)
-                .where(registry_instances.c.instance_id == instance_id)
-                .values(settings=settings)
-            ).rowcount
-            if not changed:
-                conn.execute(registry_instances.insert().values(instance_id=instance_id, settings=settings))
+
+        def write() -> None:
+            with self.engine.begin() as conn:
+                if self._unique_instance_id:
+                    conn.execute(self._upsert(instance_id, settings))
+                    return
+                changed = conn.execute(
+                    update(registry_instances)
+                    .where(registry_instances.c.instance_id == instance_id)
+                    .values(settings=settings)
+                ).rowcount
+                if not changed:
+                    conn.execute(registry_instances.insert().values(instance_id=instance_id, settings=settings))
+
+        self._run(write)
 
     def delete(self, instance_id: str) -> bool:
         """Remove one instance's settings; False when there were none."""
-        self.ensure_schema()
         statement = delete(registry_instances).where(registry_instances.c.instance_id == instance_id)
-        with self._translate_errors(), self.engine.begin() as conn:
-            return bool(conn.execute(statement).rowcount)
+
+        def remove() -> bool:
+            with self.engine.begin() as conn:
+                return bool(conn.execute(statement).rowcount)
+
+        return self._run(remove)
+
+    def _run(self, work: Callable[[], T]) -> T:
+        """Run one statement's work, with the store's errors; once more if the pooled connection was dead.
+
+        Connections are not probed before use (a round trip per query). A connection the database
+        dropped (it restarted, a proxy timed it out) fails on use instead; SQLAlchemy then discards the
+        whole pool, and the work, idempotent here (a read, an upsert, a delete), runs again once on a
+        fresh connection.
+        """
+        self.ensure_schema()
+        with self._translate_errors():
+            try:
+                return work()
+            except sa_exc.DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+            return work()
 
     def count(self) -> int:
         """How many instances have settings."""
