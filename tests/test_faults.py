@@ -1,4 +1,4 @@
-"""Faults: the registry killed with SIGKILL mid-write loses no acknowledged PUT.
+"""Faults: SIGKILL mid-write loses no acknowledged PUT; replicas read their writes; outages give 503s only.
 
 The short form runs in every `make test`; `make faults` runs it longer (BOSHREG_FAULT_SECONDS).
 """
@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy.engine import URL
 
 from conftest import RegistryLauncher
+from support.proxy import TcpProxy
 from support.registry import ADMIN_PASSWORD, RegistryProcess
 
 WRITE_SECONDS = float(os.environ.get("BOSHREG_FAULT_SECONDS", "1.5"))
@@ -85,3 +86,71 @@ def test_sigkill_mid_write_loses_no_acknowledged_put(
     assert len(tally.acknowledged) > 50  # the writers really wrote before the kill
     assert lost == []
     assert tally.server_errors == 0
+
+
+@pytest.mark.faults
+def test_two_replicas_on_one_database_read_their_writes(
+    server_database_url: URL, start_registry: RegistryLauncher
+) -> None:
+    first, second = start_registry(server_database_url), start_registry(server_database_url)
+    auth = ("admin", ADMIN_PASSWORD)
+    with httpx.Client(auth=auth, timeout=10) as http:
+        for n in range(200):
+            body = json.dumps({"agent_id": f"a-{n}", "version": n})
+            writer, reader = (first, second) if n % 2 else (second, first)
+            assert http.put(f"{writer.url}/instances/vm-rw/settings", content=body.encode()).status_code == 200
+            assert http.get(f"{reader.url}/instances/vm-rw/settings").json()["settings"] == body
+        assert http.delete(f"{second.url}/instances/vm-rw/settings").status_code == 200
+        assert http.get(f"{first.url}/instances/vm-rw/settings").status_code == 404
+
+
+@pytest.mark.faults
+def test_database_outage_under_read_load(
+    server_database_url: URL, start_registry: RegistryLauncher, capsys: pytest.CaptureFixture[str]
+) -> None:
+    proxy = TcpProxy(server_database_url.host or "127.0.0.1", server_database_url.port or 0).start()
+    try:
+        registry = start_registry(server_database_url.set(host="127.0.0.1", port=proxy.port), request_timeout=3)
+        httpx.put(
+            f"{registry.url}/instances/vm-load/settings", content=b'{"agent_id": "a"}', auth=("admin", ADMIN_PASSWORD)
+        )
+        statuses: list[tuple[float, int, float]] = []  # (when, status, seconds taken)
+        stop = threading.Event()
+
+        def read() -> None:
+            with httpx.Client(auth=("admin", ADMIN_PASSWORD), timeout=20) as http:
+                while not stop.is_set():
+                    started = time.monotonic()
+                    response = http.get(f"{registry.url}/instances/vm-load/settings")
+                    assert response.headers["content-type"] == "application/json"
+                    statuses.append((started, response.status_code, time.monotonic() - started))
+
+        readers = [threading.Thread(target=read) for _ in range(4)]
+        for thread in readers:
+            thread.start()
+        time.sleep(1.0)
+        proxy.cut()
+        time.sleep(max(2.0, WRITE_SECONDS))
+        back = time.monotonic()
+        proxy.restore()
+        time.sleep(5.0)
+        stop.set()
+        for thread in readers:
+            thread.join(timeout=30)
+    finally:
+        proxy.close()
+    codes = {status for _, status, _ in statuses}
+    slowest = max(taken for _, _, taken in statuses)
+    recovered = [when for when, status, _ in statuses if when > back and status == 200]
+    served_again = min(recovered) - back if recovered else float("inf")
+    with capsys.disabled():
+        print(
+            f"\n  outage ({server_database_url.get_backend_name()}): requests {len(statuses)}, "
+            f"200 {sum(s == 200 for _, s, _ in statuses)}, 503 {sum(s == 503 for _, s, _ in statuses)}, "
+            f"slowest {slowest:.2f} s, served again {served_again:.2f} s after the database returned"
+        )
+    assert codes <= {200, 503}
+    assert 503 in codes
+    assert slowest < 3 + 1  # never longer than http.request_timeout, plus scheduling
+    assert served_again < 5
+    assert all(status == 200 for when, status, _ in statuses if when > back + served_again + 0.5)
