@@ -174,7 +174,7 @@ def registry(workdir: Path, url: URL) -> Iterator[tuple[str, int]]:
 
 
 def wrk(base: str, script: str, connections: int, instances: int, seconds: float = SECONDS) -> dict[str, Any]:
-    env = {**os.environ, "BENCH_INSTANCES": str(instances), "BENCH_AUTH": AUTH}
+    env = {**os.environ, "BENCH_INSTANCES": str(instances), "BENCH_AUTH": AUTH, "BENCH_DIR": str(HERE)}
     command = ["wrk", "-t2", f"-c{connections}", "--timeout", "10s", "-s", str(HERE / script), base]
     subprocess.run([*command[:1], "-d", f"{WARMUP:g}s", *command[1:]], env=env, capture_output=True, check=True)
     output = subprocess.run(
