@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
 
 import httpx
+import psutil
 import pytest
 from sqlalchemy.engine import URL
 
@@ -154,3 +157,24 @@ def test_database_outage_under_read_load(
     assert slowest < 3 + 1  # never longer than http.request_timeout, plus scheduling
     assert served_again < 5
     assert all(status == 200 for when, status, _ in statuses if when > back + served_again + 0.5)
+
+
+@pytest.mark.faults
+def test_worker_processes_share_the_port_and_die_with_the_parent(start_registry: RegistryLauncher) -> None:
+    registry = start_registry(workers=2)
+    with httpx.Client(
+        auth=("admin", ADMIN_PASSWORD), timeout=10, limits=httpx.Limits(max_keepalive_connections=0)
+    ) as http:  # a new connection each time
+        http.put(f"{registry.url}/instances/vm-w/settings", content=b'{"agent_id": "w"}')
+        assert all(http.get(f"{registry.url}/instances/vm-w/settings").status_code == 200 for _ in range(100))
+    assert registry.process is not None
+    parent = psutil.Process(registry.process.pid)
+    workers = parent.children()
+    assert len(workers) == 1
+    assert len(set(re.findall(r"Started server process \[(\d+)\]", registry.stderr()))) == 2
+    os.kill(parent.pid, signal.SIGKILL)
+    registry.process.wait(timeout=10)
+    _gone, alive = psutil.wait_procs(workers, timeout=5)
+    assert alive == []
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", registry.port)) != 0  # nobody holds the port any more

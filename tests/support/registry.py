@@ -90,7 +90,8 @@ class RegistryProcess:
 def write_config(
     path: Path, db: str, port: int, loglevel: str = "info", cloud: dict[str, Any] | None = None, **http: Any
 ) -> Path:
-    settings = {"host": "127.0.0.1", "port": port, "user": "admin", "password": ADMIN_PASSWORD, **http}
+    # One worker unless a test asks for more: throttle counts and the like are per process.
+    settings = {"host": "127.0.0.1", "port": port, "user": "admin", "password": ADMIN_PASSWORD, "workers": 1, **http}
     config = {
         "loglevel": loglevel,
         "http": {key: value for key, value in settings.items() if value is not None},

@@ -102,6 +102,7 @@ class HttpConfig(_Section):
     allow_anonymous_reads: bool = False
     max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = DEFAULT_MAX_BODY_BYTES
     request_timeout: Annotated[float, Field(gt=0, le=300)] = 15.0
+    workers: Annotated[int | None, Field(ge=1, le=64)] = None  # processes; default: one per core
 
     @field_validator("additional_users", mode="before")
     @classmethod

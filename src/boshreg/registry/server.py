@@ -6,9 +6,15 @@ endpoint is the one really being served (also when port 0 asked for any free por
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import ipaddress
 import logging
+import os
+import signal
 import socket
+import sys
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -87,8 +93,71 @@ def open_audit(config: RegistryConfig, store: SettingsStore) -> AuditLog:
     ).start()
 
 
+def worker_count(config: RegistryConfig) -> int:
+    """http.workers, or one process per core."""
+    return config.http.workers or os.cpu_count() or 1
+
+
 def serve(config: RegistryConfig, store: SettingsStore, listening: Listening) -> None:
-    """Serve until interrupted (SIGINT/SIGTERM), then flush the audit trail and close the database pool."""
+    """Serve with http.workers processes on the one bound socket until interrupted (SIGINT/SIGTERM).
+
+    The pool is emptied before forking, so no database connection is shared between processes; each
+    process then opens its own connections and runs its own audit writer. Workers die with the parent,
+    even when it is killed outright, so none is left holding the port.
+    """
+    store.close()
+    parent = os.getpid()
+    children: list[int] = []
+    for _ in range(worker_count(config) - 1):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(_worker(config, store, listening, parent))
+        children.append(pid)
+    try:
+        _serve_process(config, store, listening)
+    finally:
+        _stop(children)
+        listening.sock.close()
+
+
+def _worker(config: RegistryConfig, store: SettingsStore, listening: Listening, parent: int) -> int:
+    _die_with(parent)
+    try:
+        _serve_process(config, store, listening)
+    except Exception:
+        log.exception("worker %d failed", os.getpid())
+        return 1
+    return 0
+
+
+def _die_with(parent: int) -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (prctl PR_SET_PDEATHSIG)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def _stop(children: list[int], timeout: float = 10.0) -> None:
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    waiting = set(children)
+    while waiting and time.monotonic() < deadline:
+        for pid in list(waiting):
+            with contextlib.suppress(ChildProcessError):
+                if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                    continue
+            waiting.discard(pid)
+        time.sleep(0.05)
+    for pid in waiting:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _serve_process(config: RegistryConfig, store: SettingsStore, listening: Listening) -> None:
+    """One process's server: its app, audit writer and pool, on the shared socket."""
     audit = open_audit(config, store)
     tls = config.http.tls
     server = uvicorn.Server(
@@ -109,7 +178,9 @@ def serve(config: RegistryConfig, store: SettingsStore, listening: Listening) ->
     finally:
         audit.stop()
         store.close()
-        listening.sock.close()
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def startup_message(
@@ -128,6 +199,7 @@ def startup_message(
     lines = [
         f"boshreg registry listening on {endpoint.scheme}://{shown_host}:{listening.port}",
         f"  database: {store.database}",
+        f"  workers: {worker_count(config)}",
     ]
     if password_file is None:
         lines.append(f"  endpoint for VMs: {endpoint.redacted()} (password: http.password in the config)")
