@@ -4,19 +4,29 @@ from __future__ import annotations
 
 import re
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from sqlalchemy.engine import URL
 
 from boshreg.credentials import instance_token
 from support.databases import BACKENDS, Backend, backend, required, url_text
+from support.pgserver import PgServer, PgServerUnavailable
 from support.registry import ADMIN_PASSWORD, INSTANCE_SECRET, RegistryProcess, free_port, write_config
 
 _reasons: dict[str, str | None] = {}
 _skipped: dict[str, str] = {}
+
+
+def unusable(name: str, reason: str) -> NoReturn:
+    """Skip, listed at the end of the run; or fail when ``name`` is in BOSHREG_REQUIRE."""
+    if name in required():
+        pytest.fail(f"required {name} is unavailable: {reason}")
+    _skipped[name] = reason
+    pytest.skip(f"{name} unavailable: {reason}")
 
 
 def usable_backend(name: str) -> Backend:
@@ -26,10 +36,7 @@ def usable_backend(name: str) -> Backend:
         _reasons[name] = chosen.unavailable_reason()
     reason = _reasons[name]
     if reason is not None:
-        if name in required():
-            pytest.fail(f"required backend is unavailable: {reason}")
-        _skipped[name] = reason
-        pytest.skip(f"backend unavailable: {reason}")
+        unusable(name, reason)
     return chosen
 
 
@@ -37,11 +44,7 @@ def required_tool(name: str, install_hint: str) -> str:
     """The tool's path, or a skip (a failure when it is required) saying how to install it."""
     path = shutil.which(name)
     if path is None:
-        reason = f"{name} is not installed ({install_hint})"
-        if name in required():
-            pytest.fail(f"required tool is missing: {reason}")
-        _skipped[name] = reason
-        pytest.skip(reason)
+        unusable(name, f"{name} is not installed ({install_hint})")
     return path
 
 
@@ -67,6 +70,24 @@ def server_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Itera
     """A fresh, empty database on each networked backend (those that can go away)."""
     with usable_backend(request.param).fresh_database(tmp_path) as url:
         yield url
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PgServer]:
+    """A PostgreSQL server of this test's own, running, that the test may stop and start."""
+    directory = Path(tempfile.mkdtemp(prefix="boshreg-pg-"))  # not under pytest's root-only tmp_path
+    try:
+        try:
+            server = PgServer(directory, free_port())
+        except PgServerUnavailable as exc:
+            unusable("postgres", f"a server of the test's own: {exc}")
+        server.start()
+        try:
+            yield server
+        finally:
+            server.close()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 class RegistryLauncher:

@@ -12,14 +12,19 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import psutil
 import pytest
+from sqlalchemy import create_engine
 from sqlalchemy.engine import URL
 
+from boshreg.registry.audit import query_events
 from conftest import RegistryLauncher
+from support.pgserver import PgServer
 from support.proxy import TcpProxy
 from support.registry import ADMIN_PASSWORD, RegistryProcess
 
@@ -107,56 +112,98 @@ def test_two_replicas_on_one_database_read_their_writes(
         assert http.get(f"{first.url}/instances/vm-rw/settings").status_code == 404
 
 
+@dataclass
+class Outage:
+    """What readers saw while the database went away: (start time, status, seconds taken) per request."""
+
+    statuses: list[tuple[float, int, float]]
+    back: float  # when the database answered again
+
+    def served_again(self) -> float:
+        """Seconds from the database's return to the first 200 of a request sent after it."""
+        recovered = [when for when, status, _ in self.statuses if when > self.back and status == 200]
+        return min(recovered) - self.back if recovered else float("inf")
+
+    def summary(self, label: str) -> str:
+        codes = [status for _, status, _ in self.statuses]
+        return (
+            f"\n  {label}: requests {len(codes)}, 200 {codes.count(200)}, 503 {codes.count(503)}, "
+            f"slowest {max(taken for _, _, taken in self.statuses):.2f} s, "
+            f"served again {self.served_again():.2f} s after the database returned"
+        )
+
+
+def outage_under_read_load(
+    registry: RegistryProcess, take_away: Callable[[], None], bring_back: Callable[[], None]
+) -> Outage:
+    """Four readers GET one VM's settings while the database goes away for a while and comes back."""
+    httpx.put(
+        f"{registry.url}/instances/vm-load/settings", content=b'{"agent_id": "a"}', auth=("admin", ADMIN_PASSWORD)
+    )
+    statuses: list[tuple[float, int, float]] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        with httpx.Client(auth=("admin", ADMIN_PASSWORD), timeout=20) as http:
+            while not stop.is_set():
+                started = time.monotonic()
+                response = http.get(f"{registry.url}/instances/vm-load/settings")
+                assert response.headers["content-type"] == "application/json"
+                statuses.append((started, response.status_code, time.monotonic() - started))
+
+    readers = [threading.Thread(target=read) for _ in range(4)]
+    for thread in readers:
+        thread.start()
+    try:
+        time.sleep(1.0)
+        take_away()
+        time.sleep(max(2.0, WRITE_SECONDS))
+        bring_back()
+        back = time.monotonic()
+        time.sleep(5.0)
+    finally:
+        stop.set()
+        for thread in readers:
+            thread.join(timeout=30)
+    return Outage(statuses, back)
+
+
+def assert_only_503_then_served_again(outage: Outage, request_timeout: float) -> None:
+    codes = {status for _, status, _ in outage.statuses}
+    assert codes <= {200, 503}
+    assert 503 in codes
+    assert max(taken for _, _, taken in outage.statuses) < request_timeout + 1  # no hung request
+    served_again = outage.served_again()
+    assert served_again < 5
+    assert all(status == 200 for when, status, _ in outage.statuses if when > outage.back + served_again + 0.5)
+
+
 @pytest.mark.faults
-def test_database_outage_under_read_load(
+def test_database_connection_cut_under_read_load(
     server_database_url: URL, start_registry: RegistryLauncher, capsys: pytest.CaptureFixture[str]
 ) -> None:
     proxy = TcpProxy(server_database_url.host or "127.0.0.1", server_database_url.port or 0).start()
     try:
         registry = start_registry(server_database_url.set(host="127.0.0.1", port=proxy.port), request_timeout=3)
-        httpx.put(
-            f"{registry.url}/instances/vm-load/settings", content=b'{"agent_id": "a"}', auth=("admin", ADMIN_PASSWORD)
-        )
-        statuses: list[tuple[float, int, float]] = []  # (when, status, seconds taken)
-        stop = threading.Event()
-
-        def read() -> None:
-            with httpx.Client(auth=("admin", ADMIN_PASSWORD), timeout=20) as http:
-                while not stop.is_set():
-                    started = time.monotonic()
-                    response = http.get(f"{registry.url}/instances/vm-load/settings")
-                    assert response.headers["content-type"] == "application/json"
-                    statuses.append((started, response.status_code, time.monotonic() - started))
-
-        readers = [threading.Thread(target=read) for _ in range(4)]
-        for thread in readers:
-            thread.start()
-        time.sleep(1.0)
-        proxy.cut()
-        time.sleep(max(2.0, WRITE_SECONDS))
-        back = time.monotonic()
-        proxy.restore()
-        time.sleep(5.0)
-        stop.set()
-        for thread in readers:
-            thread.join(timeout=30)
+        outage = outage_under_read_load(registry, proxy.cut, proxy.restore)
     finally:
         proxy.close()
-    codes = {status for _, status, _ in statuses}
-    slowest = max(taken for _, _, taken in statuses)
-    recovered = [when for when, status, _ in statuses if when > back and status == 200]
-    served_again = min(recovered) - back if recovered else float("inf")
     with capsys.disabled():
-        print(
-            f"\n  outage ({server_database_url.get_backend_name()}): requests {len(statuses)}, "
-            f"200 {sum(s == 200 for _, s, _ in statuses)}, 503 {sum(s == 503 for _, s, _ in statuses)}, "
-            f"slowest {slowest:.2f} s, served again {served_again:.2f} s after the database returned"
-        )
-    assert codes <= {200, 503}
-    assert 503 in codes
-    assert slowest < 3 + 1  # never longer than http.request_timeout, plus scheduling
-    assert served_again < 5
-    assert all(status == 200 for when, status, _ in statuses if when > back + served_again + 0.5)
+        print(outage.summary(f"connection cut ({server_database_url.get_backend_name()})"))
+    assert_only_503_then_served_again(outage, request_timeout=3)
+
+
+@pytest.mark.faults
+@pytest.mark.postgres
+def test_postgres_stopped_and_started_under_read_load(
+    own_postgres: PgServer, start_registry: RegistryLauncher, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry = start_registry(own_postgres.url, request_timeout=3)
+    outage = outage_under_read_load(registry, own_postgres.stop, own_postgres.start)
+    with capsys.disabled():
+        print(outage.summary("PostgreSQL stopped (pg_ctl stop -m fast), then started"))
+    assert_only_503_then_served_again(outage, request_timeout=3)
+    assert "Traceback" not in registry.stderr()
 
 
 @pytest.mark.faults
@@ -178,3 +225,23 @@ def test_worker_processes_share_the_port_and_die_with_the_parent(start_registry:
     assert alive == []
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", registry.port)) != 0  # nobody holds the port any more
+
+
+@pytest.mark.faults
+def test_sigterm_stops_every_worker_gracefully_with_its_audit_trail_written(
+    start_registry: RegistryLauncher, tmp_path: Path
+) -> None:
+    registry = start_registry(workers=2)
+    with httpx.Client(
+        auth=("admin", ADMIN_PASSWORD), timeout=10, limits=httpx.Limits(max_keepalive_connections=0)
+    ) as http:  # a new connection each time, so both workers answer some
+        http.put(f"{registry.url}/instances/vm-t/settings", content=b'{"agent_id": "t"}')
+        assert all(http.get(f"{registry.url}/instances/vm-t/settings").status_code == 200 for _ in range(200))
+    assert registry.process is not None
+    registry.process.terminate()  # at once: events are still queued for the background writer
+    assert registry.process.wait(timeout=20) == 0
+    assert len(set(re.findall(r"Finished server process \[(\d+)\]", registry.stderr()))) == 2
+    engine = create_engine(f"sqlite:///{tmp_path / 'registry.db'}")
+    events = query_events(engine, instance_id="vm-t")
+    engine.dispose()
+    assert (sum(e.action == "read" for e in events), sum(e.action == "write" for e in events)) == (200, 1)

@@ -98,14 +98,27 @@ def worker_count(config: RegistryConfig) -> int:
     return config.http.workers or os.cpu_count() or 1
 
 
+class _Terminated(Exception):
+    """SIGTERM, after uvicorn's graceful shutdown: unwind, so that each process writes its audit trail."""
+
+
+def _raise_terminated(_signum: int, _frame: object) -> None:
+    raise _Terminated
+
+
 def serve(config: RegistryConfig, store: SettingsStore, listening: Listening) -> None:
     """Serve with http.workers processes on the one bound socket until interrupted (SIGINT/SIGTERM).
 
     The pool is emptied before forking, so no database connection is shared between processes; each
     process then opens its own connections and runs its own audit writer. Workers die with the parent,
     even when it is killed outright, so none is left holding the port.
+
+    uvicorn answers SIGTERM by shutting down gracefully and then raising the signal again with the
+    handler it found; with Python's default one, the process would die there, before its audit trail
+    and its workers' are written. Ours turns it into an exception that unwinds through the clean-up.
     """
     store.close()
+    signal.signal(signal.SIGTERM, _raise_terminated)
     parent = os.getpid()
     children: list[int] = []
     for _ in range(worker_count(config) - 1):
@@ -115,6 +128,8 @@ def serve(config: RegistryConfig, store: SettingsStore, listening: Listening) ->
         children.append(pid)
     try:
         _serve_process(config, store, listening)
+    except _Terminated:
+        log.info("stopped (SIGTERM)")
     finally:
         _stop(children)
         listening.sock.close()
@@ -124,6 +139,8 @@ def _worker(config: RegistryConfig, store: SettingsStore, listening: Listening, 
     _die_with(parent)
     try:
         _serve_process(config, store, listening)
+    except _Terminated:
+        return 0
     except Exception:
         log.exception("worker %d failed", os.getpid())
         return 1
