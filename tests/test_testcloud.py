@@ -11,8 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine
 
 from boshreg.agent import ConfigDriveSource
+from boshreg.registry.audit import query_events
 from boshreg.testcloud.vms import OPENSTACK_VERSIONS
 from support.chain import PUBLIC_KEY, metadata_service, vm
 from support.cli import assert_one_line_error, boshreg
@@ -210,12 +212,59 @@ def test_agent_resolve_failure_is_exit_1_with_the_reason(tmp_path: Path) -> None
     assert result.stderr.splitlines()[-1].startswith("boshreg: error: no user data from any source (tried file")
 
 
+def test_agent_resolve_bind_asks_as_the_vm_with_that_address(tmp_path: Path) -> None:
+    first = vm("vm-1", b'{"server": {"name": "vm-1"}, "agent_id": "a-1"}', ip="127.0.0.2")
+    second = vm("vm-2", b'{"server": {"name": "vm-2"}, "agent_id": "a-2"}', ip="127.0.0.3")
+    with metadata_service(first, second) as service:
+        results = [
+            boshreg("agent", "resolve", "--source", "metadata", "--metadata-url", service.url, *bind, cwd=tmp_path)
+            for bind in (["--bind", "127.0.0.3"], ["--bind", "127.0.0.2"], [])
+        ]
+    assert [json.loads(r.stdout) if r.returncode == 0 else r.returncode for r in results] == [
+        {"agent_id": "a-2"},
+        {"agent_id": "a-1"},
+        1,  # from 127.0.0.1 this cloud knows no VM: no user data
+    ]
+
+
+# --- boshreg testcloud storm ---------------------------------------------------------------------
+
+
+def test_storm_gives_every_vm_its_own_settings_through_its_own_credential(tmp_path: Path) -> None:
+    result = boshreg(
+        "testcloud", "storm", "--vms", "60", "--concurrency", "12", "--work-dir", "work", "--json", cwd=tmp_path
+    )
+    report = json.loads(result.stdout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (report["ok"], report["resolved"], report["wrong"], report["failed"]) == (True, 60, 0, 0)
+    assert set(report["per_vm_ms"]) == {"p50", "p99", "p99.9", "max"}
+    engine = create_engine(f"sqlite:///{tmp_path / 'work' / 'registry' / 'registry.db'}")
+    reads = [event for event in query_events(engine) if event.action == "read"]
+    engine.dispose()
+    assert len(reads) == 60
+    assert {(event.credential, event.status) for event in reads} == {("per-vm", 200)}
+    assert {event.instance_id for event in reads} == {f"vm-storm-{n:06d}" for n in range(60)}
+    assert len({event.client for event in reads}) == 60  # each VM from its own address
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--vms", "0"], "0 is not in the range 1<=x<=100000"),
+        (["--concurrency", "5000"], "5000 is not in the range 1<=x<=4096"),
+    ],
+)
+def test_storm_usage_errors_are_one_line(tmp_path: Path, args: list[str], expected: str) -> None:
+    assert_one_line_error(boshreg("testcloud", "storm", *args, cwd=tmp_path), expected)
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
         (["resolve", "--deadline", "0"], "not between 0 and 3600"),
         (["resolve", "--source", "floppy"], "invalid choice"),
         (["resolve", "--key", "uuid"], "invalid choice"),
+        (["resolve", "--bind", "eth0"], "'eth0' is not an IP address"),
         ([], "required"),
     ],
 )

@@ -43,6 +43,7 @@ from boshreg.registry.store import SettingsStore
 from boshreg.testcloud.boot import boot
 from boshreg.testcloud.configdrive import drive_files, write_iso
 from boshreg.testcloud.metadata import MetadataServer
+from boshreg.testcloud.storm import MAX_VMS, storm
 from boshreg.testcloud.vms import TestCloudError, TestVm, default_meta_data, parse_listen, parse_vm_spec
 from boshreg.userdata import UserDataError, is_ip_address
 from boshreg.userdata import decode as decode_user_data
@@ -634,6 +635,70 @@ def testcloud_boot(
             click.echo(f"5. result    the agent got the settings the CPI stored ({report.trace.verdict})")
         else:
             click.echo(f"5. result    FAILED: {report.error}")
+    ctx.exit(0 if report.ok else 1)
+
+
+@testcloud_group.command("storm")
+@click.option("--vms", type=click.IntRange(1, MAX_VMS), default=1000, show_default=True, help="How many VMs boot.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 4096),
+    default=256,
+    show_default=True,
+    help="How many VMs resolve at the same time.",
+)
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 64),
+    help="Resolver processes sharing the concurrency (default: one per core).",
+)
+@click.option(
+    "--work-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Where the registry's data and log go (default: a temporary directory).",
+)
+@click.option(
+    "--deadline",
+    type=click.FloatRange(1, 600),
+    default=60.0,
+    show_default=True,
+    help="Each agent's deadline, in seconds.",
+)
+@json_option
+@click.pass_context
+def testcloud_storm(
+    ctx: click.Context,
+    vms: int,
+    concurrency: int,
+    processes: int | None,
+    work_dir: Path | None,
+    deadline: float,
+    as_json: bool,
+) -> None:
+    """Boot many VMs at once against one registry and time how long until each has its settings.
+
+    Starts a registry, stores every VM's settings as the CPI does, serves each VM's user data (with its
+    own per-VM credential) from the metadata emulator to that VM's own loopback address, and resolves
+    them with the agent's resolver, CONCURRENCY at a time. Exit 0 when every VM got its own settings.
+
+    \b
+    Examples:
+      boshreg testcloud storm
+      boshreg testcloud storm --vms 10000 --concurrency 256 --json
+    """
+    with tempfile.TemporaryDirectory(prefix="boshreg-storm-") as temporary:
+        report = storm(
+            work_dir or Path(temporary),
+            vms=vms,
+            concurrency=concurrency,
+            processes=processes,
+            deadline=deadline,
+            say=(lambda _line: None) if as_json else click.echo,
+        )
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        click.echo(report.to_text())
     ctx.exit(0 if report.ok else 1)
 
 

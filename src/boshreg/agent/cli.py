@@ -8,6 +8,7 @@ arguments.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import sys
@@ -92,6 +93,13 @@ def build_parser(prog: str = "boshreg agent") -> argparse.ArgumentParser:
         help=f"give up after this many seconds (default {DEFAULT_DEADLINE:g})",
     )
     resolve_parser.add_argument("--cacert", metavar="FILE", help="CA certificate for an https registry")
+    resolve_parser.add_argument(
+        "--bind",
+        metavar="ADDR",
+        type=_local_address,
+        help="connect from this local address (a VM with several interfaces; or one test cloud VM, "
+        "as in `boshreg testcloud metadata --vm NAME=DIR@ADDR`)",
+    )
     resolve_parser.add_argument("--out", metavar="FILE", help="write the settings here (mode 0600) instead of stdout")
     resolve_parser.add_argument("--json", action="store_true", help="write the trace as JSON")
     return parser
@@ -107,10 +115,18 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _local_address(text: str) -> str:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address of this machine") from None
+    return text
+
+
 def sources_from(args: argparse.Namespace) -> list[SettingsSource]:
     chosen = args.sources or list(SOURCE_KINDS)
     built: dict[str, SettingsSource] = {
-        "metadata": MetadataServiceSource(args.metadata_url),
+        "metadata": MetadataServiceSource(args.metadata_url, source_address=args.bind),
         "config-drive": ConfigDriveSource(args.config_drive),
         "file": FileSource(args.user_data_file),
     }
@@ -120,7 +136,9 @@ def sources_from(args: argparse.Namespace) -> list[SettingsSource]:
 def main(argv: Sequence[str] | None = None, prog: str = "boshreg agent") -> int:
     args = build_parser(prog).parse_args(argv)
     try:
-        resolution = resolve(sources_from(args), key=args.key, deadline=args.deadline, cacert=args.cacert)
+        resolution = resolve(
+            sources_from(args), key=args.key, deadline=args.deadline, cacert=args.cacert, source_address=args.bind
+        )
     except ResolveError as exc:
         _report(exc.trace.to_json() | {"error": str(exc)} if args.json else f"{exc.trace.to_text()}", args.json)
         if not args.json:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from boshreg.agent._http import build_opener
 from boshreg.endpoint import Endpoint
 
 
@@ -30,7 +31,13 @@ class RegistryFetchError(Exception):
 
 
 def fetch_settings(
-    endpoint: Endpoint, key: str, nameservers: Sequence[str], *, timeout: float, cacert: str | None = None
+    endpoint: Endpoint,
+    key: str,
+    nameservers: Sequence[str],
+    *,
+    timeout: float,
+    cacert: str | None = None,
+    source_address: str | None = None,
 ) -> dict[str, Any]:
     """GET ``<endpoint>/instances/<key>/settings`` and return the decoded settings object."""
     url = endpoint.settings_url(key)
@@ -42,12 +49,8 @@ def fetch_settings(
     if nameservers and endpoint.scheme == "http" and not _is_ip(endpoint.host):
         address = _resolve_with(endpoint.host, nameservers, timeout)
         request = _to_address(request, address, endpoint)
-    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
-    if cacert is not None:
-        handlers.append(urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=cacert)))
-    opener = urllib.request.build_opener(*handlers)
     try:
-        with opener.open(request, timeout=timeout) as response:
+        with build_opener(source_address=source_address, cacert=cacert).open(request, timeout=timeout) as response:
             body = response.read()
     except urllib.error.HTTPError as exc:
         raise _http_failure(exc.code, exc.read(), key) from None

@@ -132,8 +132,12 @@ def resolve(
     sleep: Callable[[float], None] = time.sleep,
     now: Callable[[], float] = time.monotonic,
     cacert: str | None = None,
+    source_address: str | None = None,
 ) -> Resolution:
-    """The VM's agent settings, or ResolveError; never longer than ``deadline`` seconds."""
+    """The VM's agent settings, or ResolveError; never longer than ``deadline`` seconds.
+
+    ``source_address`` is the local address the registry GET connects from (sources take their own).
+    """
     clock = _Clock(deadline, now, sleep)
     trace = Trace()
     try:
@@ -145,7 +149,7 @@ def resolve(
             trace.steps.append(Step("registry", "none", "skipped", "user data carries the settings (agent_id)", 0.0))
             settings = {k: v for k, v in document.items() if k not in userdata.BOOTSTRAP_KEYS}
         else:
-            settings = _registry_settings(document, found, key, clock, trace, cacert)
+            settings = _registry_settings(document, found, key, clock, trace, cacert, source_address)
     finally:
         trace.seconds = round(clock.elapsed(), 3)
     return Resolution(settings, trace)
@@ -192,7 +196,13 @@ def _user_data(
 
 
 def _registry_settings(
-    document: dict[str, Any], found: SourceData, key: str, clock: _Clock, trace: Trace, cacert: str | None
+    document: dict[str, Any],
+    found: SourceData,
+    key: str,
+    clock: _Clock,
+    trace: Trace,
+    cacert: str | None,
+    source_address: str | None,
 ) -> dict[str, Any]:
     endpoint = parse_endpoint(document["registry"]["endpoint"])  # validated with the user data
     if key == KEY_INSTANCE_ID:
@@ -207,7 +217,9 @@ def _registry_settings(
     nameservers = (document.get("dns") or {}).get("nameserver") or []
     started = clock.now()
     settings, error, attempts = clock.retry(
-        lambda timeout: fetch_settings(endpoint, registry_key, nameservers, timeout=timeout, cacert=cacert),
+        lambda timeout: fetch_settings(
+            endpoint, registry_key, nameservers, timeout=timeout, cacert=cacert, source_address=source_address
+        ),
         RegistryFetchError,
         _registry_may_recover,
         REGISTRY_ATTEMPTS,

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import socket
 import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from boshreg.agent import configdrive
+from boshreg.agent._http import build_opener
 
 DEFAULT_METADATA_URL = "http://169.254.169.254"
 DEFAULT_USER_DATA_FILE = "/var/vcap/bosh/user_data.json"
@@ -63,10 +63,10 @@ class MetadataServiceSource:
 
     kind = "metadata"
 
-    def __init__(self, base_url: str = DEFAULT_METADATA_URL) -> None:
+    def __init__(self, base_url: str = DEFAULT_METADATA_URL, *, source_address: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
-        # Never through a proxy: the link-local service is only reachable directly.
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        # The service answers by the caller's address: connect from the VM's own when it is given.
+        self._opener = build_opener(source_address=source_address)
 
     def describe(self) -> str:
         return f"metadata service {self.base_url}"

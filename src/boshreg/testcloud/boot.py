@@ -99,10 +99,10 @@ def boot(
         raise TestCloudError(
             "boot runs metadata or config-drive delivery; inspect legacy requests with `boshreg inspect`"
         )
-    work_dir.mkdir(parents=True, exist_ok=True)
     name = f"vm-{uuid.uuid4()}"
     settings = example_settings(name)
-    with _registry(work_dir, say) as (registry_url, endpoint):
+    with running_registry(work_dir, say) as registry:
+        registry_url, endpoint = registry.url, registry.endpoint
         if not registry_less:
             with RegistryClient(endpoint) as client:
                 client.put_settings(name, json.dumps(settings))
@@ -144,12 +144,25 @@ def boot(
     )
 
 
+@dataclass(frozen=True)
+class LocalRegistry:
+    """A running zero-config registry: its URL, the admin endpoint and its data directory."""
+
+    url: str
+    endpoint: Endpoint
+    data_dir: Path
+
+
 @contextmanager
-def _registry(work_dir: Path, say: Callable[[str], None]) -> Iterator[tuple[str, Endpoint]]:
-    """A real ``boshreg serve`` on a free loopback port, stopped on exit."""
+def running_registry(work_dir: Path, say: Callable[[str], None]) -> Iterator[LocalRegistry]:
+    """A real ``boshreg serve`` (SQLite in ``work_dir``) on a free loopback port, stopped on exit."""
     port = _free_port()
     data_dir = work_dir / "registry"
-    log = (work_dir / "registry.log").open("wb")
+    try:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        log = (work_dir / "registry.log").open("wb")
+    except OSError as exc:
+        raise TestCloudError(f"--work-dir {work_dir}: {exc.strerror}; give a directory you can write") from None
     process = subprocess.Popen(
         [
             sys.executable,
@@ -172,7 +185,7 @@ def _registry(work_dir: Path, say: Callable[[str], None]) -> Iterator[tuple[str,
         password = (data_dir / "admin-password").read_text().strip()
         endpoint = Endpoint("http", "127.0.0.1", port, "admin", password)
         say(f"1. registry  boshreg serve at {url} (SQLite in {data_dir}, log {work_dir / 'registry.log'})")
-        yield url, endpoint
+        yield LocalRegistry(url, endpoint, data_dir)
     finally:
         process.terminate()
         try:

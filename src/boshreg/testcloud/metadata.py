@@ -129,6 +129,8 @@ class MetadataServer(ThreadingHTTPServer):
     """The metadata service on a socket; ``start()`` serves from a background thread."""
 
     daemon_threads = True
+    # Many VMs boot at once: a short accept queue drops their SYNs and each retry costs them a second.
+    request_queue_size = 1024
 
     def __init__(self, host: str, port: int, vms: Sequence[TestVm], *, openstack: bool = True) -> None:
         self.service = MetadataService(vms, openstack=openstack)

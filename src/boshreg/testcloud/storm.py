@@ -1,0 +1,279 @@
+"""A boot storm: many VMs booting at once, each resolving its settings as the agent does.
+
+One real ``boshreg serve`` (SQLite), one metadata emulator in a process of its own, and resolver
+processes running the agent's own ``resolve()`` from many threads. Each simulated VM connects from a
+loopback address of its own (127.64.0.1 onwards), because the metadata service tells VMs apart by the
+caller's address, as Nova's does behind Neutron's proxy; and each reads the registry with its own
+per-VM credential, never the admin's. Every VM must get exactly its own settings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from multiprocessing.queues import Queue
+from pathlib import Path
+from typing import Any
+
+from boshreg import userdata
+from boshreg.agent import MetadataServiceSource, ResolveError, resolve
+from boshreg.client import RegistryClient
+from boshreg.cpi.credentials import per_vm_endpoint
+from boshreg.cpi.delivery import render
+from boshreg.endpoint import Endpoint
+from boshreg.registry.datadir import INSTANCE_SECRET_FILE
+from boshreg.testcloud.boot import example_settings, running_registry
+from boshreg.testcloud.metadata import MetadataServer
+from boshreg.testcloud.vms import TestCloudError, TestVm, default_meta_data
+
+MAX_VMS = 100_000
+CPI_WRITERS = 16
+_SPAWN = multiprocessing.get_context("spawn")  # no fork of a process that already runs threads
+_ERRORS_KEPT = 5
+
+
+@dataclass(frozen=True)
+class VmBoot:
+    """One simulated VM's resolve: how long it took, where the time went, and whether it was right."""
+
+    name: str
+    seconds: float
+    source_seconds: float
+    registry_seconds: float
+    started: float  # wall clock (time.time), comparable across the resolver processes
+    ended: float
+    matched: bool
+    error: str | None = None
+
+
+@dataclass
+class StormReport:
+    """The storm's figures: every VM accounted for, latencies per VM, the whole storm's duration."""
+
+    vms: int
+    concurrency: int
+    processes: int
+    cpi_seconds: float
+    seconds: float
+    resolved: int
+    wrong: int
+    failed: int
+    per_vm_ms: dict[str, float] = field(default_factory=dict)
+    source_ms: dict[str, float] = field(default_factory=dict)
+    registry_ms: dict[str, float] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.resolved == self.vms and self.wrong == 0 and self.failed == 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, **asdict(self)}
+
+    def to_text(self) -> str:
+        def spread(figures: dict[str, float]) -> str:
+            return ", ".join(f"{name} {value:,.1f} ms" for name, value in figures.items())
+
+        lines = [
+            f"{self.vms:,} VMs, {self.concurrency} booting at a time ({self.processes} resolver processes)",
+            f"CPI:      {self.vms:,} settings stored in {self.cpi_seconds:.1f} s",
+            f"storm:    {self.resolved:,} resolved, {self.wrong} with wrong settings, {self.failed} failed, "
+            f"in {self.seconds:.1f} s ({self.vms / self.seconds if self.seconds else 0:,.0f} VMs/s)",
+            f"per VM:   {spread(self.per_vm_ms)}",
+            f"metadata: {spread(self.source_ms)}",
+            f"registry: {spread(self.registry_ms)}",
+        ]
+        lines += [f"error:    {error}" for error in self.errors]
+        return "\n".join(lines)
+
+
+def vm_address(index: int) -> str:
+    """VM ``index``'s own loopback address: 127.64.0.1 onwards, never a .0 or .255."""
+    block, host = divmod(index, 254)
+    return f"127.{64 + block // 256}.{block % 256}.{host + 1}"
+
+
+def vm_name(index: int) -> str:
+    return f"vm-storm-{index:06d}"
+
+
+def storm(
+    work_dir: Path,
+    *,
+    vms: int,
+    concurrency: int,
+    processes: int | None = None,
+    deadline: float = 60.0,
+    say: Callable[[str], None] = print,
+) -> StormReport:
+    """Boot ``vms`` VMs, ``concurrency`` at a time; everything started is stopped before it returns."""
+    if not 1 <= vms <= MAX_VMS:
+        raise TestCloudError(f"--vms {vms}: give between 1 and {MAX_VMS:,}")
+    if not 1 <= concurrency <= 4096:
+        raise TestCloudError(f"--concurrency {concurrency}: give between 1 and 4096")
+    _check_loopback_range()
+    processes = max(1, min(processes or os.cpu_count() or 1, concurrency))
+    names = [vm_name(i) for i in range(vms)]
+    with running_registry(work_dir, say) as registry:
+        secret = (registry.data_dir / INSTANCE_SECRET_FILE).read_text().strip()
+        say(f"2. CPI       storing the settings of {vms:,} VMs ({CPI_WRITERS} writers) ...")
+        started = time.monotonic()
+        _store_all(registry.endpoint, names)
+        cpi_seconds = time.monotonic() - started
+        cloud = [
+            TestVm(
+                name,
+                userdata.encode(
+                    render(name, endpoint=per_vm_endpoint(registry.endpoint, name, secret=secret)).user_data
+                ),
+                default_meta_data(name),
+                vm_address(i),
+            )
+            for i, name in enumerate(names)
+        ]
+        with _MetadataProcess(cloud) as metadata_url:
+            say(f"3. nova      metadata service {metadata_url} for {vms:,} VMs, each known by its own address")
+            say(f"4. agents    {vms:,} VMs boot, {concurrency} at a time, in {processes} processes ...")
+            boots = _resolve_all(names, metadata_url, concurrency, processes, deadline)
+    return _report(boots, vms, concurrency, processes, cpi_seconds)
+
+
+def _vm(index: int, name: str, endpoint: Endpoint) -> TestVm:
+    """VM ``index`` as nova holds it: registry user data with its own credential, known by its own address."""
+    user_data = userdata.encode(render(name, endpoint=endpoint).user_data)
+    return TestVm(name, user_data, default_meta_data(name), vm_address(index))
+
+
+def _check_loopback_range() -> None:
+    """The storm needs the whole of 127.0.0.0/8 on loopback, as Linux has it."""
+    with socket.socket() as probe:
+        try:
+            probe.bind((vm_address(0), 0))
+        except OSError as exc:
+            raise TestCloudError(
+                f"cannot use {vm_address(0)} as a VM's address ({exc.strerror}); the storm needs the whole of "
+                "127.0.0.0/8 on the loopback interface, as Linux has it"
+            ) from None
+
+
+def _store_all(endpoint: Endpoint, names: Sequence[str]) -> None:
+    """PUT every VM's settings with the admin credential, as the CPI does before creating the servers."""
+    with RegistryClient(endpoint, timeout=30) as client, ThreadPoolExecutor(CPI_WRITERS) as writers:
+        for _ in writers.map(lambda name: client.put_settings(name, json.dumps(example_settings(name))), names):
+            pass
+
+
+class _MetadataProcess:
+    """The metadata emulator in a process of its own, so that the resolvers do not share its interpreter."""
+
+    def __init__(self, vms: list[TestVm]) -> None:
+        self._ports: Queue[int] = _SPAWN.Queue()
+        self._process = _SPAWN.Process(target=_serve_metadata, args=(vms, self._ports), daemon=True)
+
+    def __enter__(self) -> str:
+        self._process.start()
+        try:
+            port = self._ports.get(timeout=60)
+        except Exception:
+            self._process.kill()
+            raise TestCloudError("the metadata emulator did not start within 60 s") from None
+        return f"http://127.0.0.1:{port}"
+
+    def __exit__(self, *_exc: object) -> None:
+        self._process.terminate()
+        self._process.join(timeout=10)
+
+
+def _serve_metadata(vms: list[TestVm], ports: Queue[int]) -> None:
+    server = MetadataServer("127.0.0.1", 0, vms)
+    ports.put(int(server.server_address[1]))
+    server.serve_forever()
+
+
+def _resolve_all(
+    names: list[str], metadata_url: str, concurrency: int, processes: int, deadline: float
+) -> list[VmBoot]:
+    threads = math.ceil(concurrency / processes)
+    shares = [[(i, names[i]) for i in range(p, len(names), processes)] for p in range(processes)]
+    with ProcessPoolExecutor(processes, mp_context=_SPAWN) as pool:
+        list(pool.map(_warm_up, range(processes)))  # every process started and imported before the clock runs
+        chunks = pool.map(
+            _boot_share, shares, [metadata_url] * processes, [threads] * processes, [deadline] * processes
+        )
+        return [boot for chunk in chunks for boot in chunk]
+
+
+def _warm_up(_n: int) -> None:
+    time.sleep(0.2)  # long enough that each warm-up lands in a process of its own
+
+
+def _boot_share(share: list[tuple[int, str]], metadata_url: str, threads: int, deadline: float) -> list[VmBoot]:
+    """One resolver process: its share of the VMs, ``threads`` booting at a time."""
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(lambda vm: _boot_one(vm[0], vm[1], metadata_url, deadline), share))
+
+
+def _boot_one(index: int, name: str, metadata_url: str, deadline: float) -> VmBoot:
+    address = vm_address(index)
+    started_wall, started = time.time(), time.monotonic()
+    error: str | None = None
+    try:
+        resolution = resolve(
+            [MetadataServiceSource(metadata_url, source_address=address)],
+            deadline=deadline,
+            source_address=address,
+        )
+    except ResolveError as exc:
+        trace, error, matched = exc.trace, str(exc), False
+    else:
+        trace, matched = resolution.trace, resolution.settings == example_settings(name)
+    seconds = time.monotonic() - started
+    step_seconds = {step.step: step.seconds for step in trace.steps}
+    return VmBoot(
+        name,
+        seconds,
+        step_seconds.get("source", 0.0),
+        step_seconds.get("registry", 0.0),
+        started_wall,
+        started_wall + seconds,
+        matched,
+        error,
+    )
+
+
+def _report(boots: list[VmBoot], vms: int, concurrency: int, processes: int, cpi_seconds: float) -> StormReport:
+    resolved = [boot for boot in boots if boot.error is None]
+    return StormReport(
+        vms=vms,
+        concurrency=concurrency,
+        processes=processes,
+        cpi_seconds=round(cpi_seconds, 3),
+        seconds=round(max(b.ended for b in boots) - min(b.started for b in boots), 3) if boots else 0.0,
+        resolved=len(resolved),
+        wrong=sum(not boot.matched for boot in resolved),
+        failed=len(boots) - len(resolved),
+        per_vm_ms=percentiles([boot.seconds for boot in boots]),
+        source_ms=percentiles([boot.source_seconds for boot in boots]),
+        registry_ms=percentiles([boot.registry_seconds for boot in resolved]),
+        errors=[f"{boot.name}: {boot.error}" for boot in boots if boot.error][:_ERRORS_KEPT],
+    )
+
+
+def percentiles(seconds: Sequence[float]) -> dict[str, float]:
+    """p50, p99, p99.9 and max of durations, in milliseconds (nearest-rank)."""
+    if not seconds:
+        return {}
+    ordered = sorted(seconds)
+
+    def rank(p: float) -> float:
+        return ordered[min(len(ordered) - 1, max(0, math.ceil(p / 100 * len(ordered)) - 1))] * 1000
+
+    return {"p50": round(rank(50), 2), "p99": round(rank(99), 2), "p99.9": round(rank(99.9), 2),
+            "max": round(ordered[-1] * 1000, 2)}  # fmt: skip
