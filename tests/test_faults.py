@@ -97,10 +97,8 @@ def test_sigkill_mid_write_loses_no_acknowledged_put(
 
 
 @pytest.mark.faults
-def test_two_replicas_on_one_database_read_their_writes(
-    server_database_url: URL, start_registry: RegistryLauncher
-) -> None:
-    first, second = start_registry(server_database_url), start_registry(server_database_url)
+def test_two_replicas_on_one_database_read_their_writes(database_url: URL, start_registry: RegistryLauncher) -> None:
+    first, second = start_registry(database_url), start_registry(database_url)
     auth = ("admin", ADMIN_PASSWORD)
     with httpx.Client(auth=auth, timeout=10) as http:
         for n in range(200):

@@ -166,6 +166,8 @@ def redact_url(text: str) -> str:
 
     Userinfo ends at the authority's *last* ``@``, so a password with a raw ``@`` is still hidden whole.
     """
+    if "://" not in text:
+        return text  # nothing to redact; this runs on every log line
 
     def _redact(match: re.Match[str]) -> str:
         userinfo, at, hostport = match["authority"].rpartition("@")

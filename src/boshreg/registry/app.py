@@ -106,7 +106,9 @@ class RegistryApi:
                 await self._run(self.store.delete, instance_id)
                 return JSONResponse(OK)
             stored = (
-                self.store.get(instance_id) if self.store.reads_inline else await self._run(self.store.get, instance_id)
+                self.store.get_inline(instance_id)
+                if self.store.reads_inline
+                else await self._run(self.store.get, instance_id)
             )
         except PayloadError as exc:
             return error(400, "error", str(exc))

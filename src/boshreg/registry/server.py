@@ -50,7 +50,9 @@ def bind(host: str, port: int) -> Listening:
     """Bind the registry's listening socket, or raise ServeError naming http.host / http.port."""
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP named, not left 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets that say
+        # they are TCP, and with Nagle on, each response's body waited for the client's delayed ACK (~40 ms).
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         sock.listen(2048)
@@ -180,6 +182,10 @@ def _serve_process(config: RegistryConfig, store: SettingsStore, listening: List
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(config, store, audit),
+            # The standard event loop serves connections in turn. uvloop, 3% faster here, starves some under
+            # saturation: at 256 connections its p99 was 460 ms against 85 ms, at the same throughput.
+            loop="asyncio",
+            http="httptools",
             log_config=None,  # our handlers, with redaction
             access_log=False,  # replaced by boshreg.access, one line per request
             proxy_headers=False,  # the client address is the peer's; forwarded headers are not trusted
