@@ -6,8 +6,9 @@ where we add one, an ``error`` message the caller can act on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
@@ -105,11 +106,7 @@ class RegistryApi:
             if request.method == "DELETE":
                 await self._run(self.store.delete, instance_id)
                 return JSONResponse(OK)
-            stored = (
-                self.store.get_inline(instance_id)
-                if self.store.reads_inline
-                else await self._run(self.store.get, instance_id)
-            )
+            stored = await self._read(instance_id)
         except PayloadError as exc:
             return error(400, "error", str(exc))
         except BodyTooLarge:
@@ -239,11 +236,23 @@ class RegistryApi:
             chunks.append(chunk)
         return b"".join(chunks)
 
+    async def _read(self, instance_id: str) -> str | None:
+        """The stored settings, read the cheapest way the store offers: in line, on the loop, or in a thread."""
+        if self.store.reads_inline:
+            return self.store.get_inline(instance_id)
+        if self.store.reads_async:
+            return await self._bounded(self.store.get_async(instance_id))
+        return await self._run(self.store.get, instance_id)
+
     async def _run(self, func: Callable[..., T], *args: Any) -> T:
         """Run a blocking store call in a worker thread, bounded by http.request_timeout."""
+        return await self._bounded(anyio.to_thread.run_sync(func, *args, abandon_on_cancel=True, limiter=self.limiter))
+
+    async def _bounded(self, work: Awaitable[T]) -> T:
+        """Await a store call for at most http.request_timeout; past it, the database counts as unavailable."""
         try:
             with anyio.fail_after(self.timeout):
-                return await anyio.to_thread.run_sync(func, *args, abandon_on_cancel=True, limiter=self.limiter)
+                return await work
         except TimeoutError:
             raise StoreUnavailable(
                 f"the database did not answer within http.request_timeout ({self.timeout:g} s)"
@@ -282,9 +291,16 @@ def create_app(
         Route("/readyz", api.readyz, methods=["GET"]),
         Route("/openapi.json", _openapi, methods=["GET"]),
     ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        yield
+        await store.aclose()  # connections opened on this event loop are closed on it
+
     app = Starlette(
         routes=routes,
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+        lifespan=lifespan,
     )
     return AccessLogMiddleware(app)
 

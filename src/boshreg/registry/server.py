@@ -25,7 +25,7 @@ from boshreg.endpoint import Endpoint
 from boshreg.registry.app import create_app
 from boshreg.registry.audit import AuditLog
 from boshreg.registry.config import RegistryConfig
-from boshreg.registry.engine import build_engine
+from boshreg.registry.engine import build_async_engine, build_engine
 from boshreg.registry.store import SettingsStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def advertised_host(bound_host: str) -> str:
 
 def open_store(config: RegistryConfig) -> SettingsStore:
     """The settings store; a database that is down now only delays readiness, it does not stop start-up."""
-    store = SettingsStore(build_engine(config.db))
+    store = SettingsStore(build_engine(config.db), build_async_engine(config.db))
     try:
         store.ensure_schema()
     except StoreUnavailable as exc:
@@ -190,7 +190,7 @@ def _serve_process(config: RegistryConfig, store: SettingsStore, listening: List
             access_log=False,  # replaced by boshreg.access, one line per request
             proxy_headers=False,  # the client address is the peer's; forwarded headers are not trusted
             server_header=False,
-            lifespan="off",
+            lifespan="on",  # closes the event loop's database connections at shutdown
             timeout_graceful_shutdown=5,
             ssl_certfile=tls.cert if tls else None,
             ssl_keyfile=tls.key if tls else None,
