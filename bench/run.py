@@ -3,7 +3,8 @@
 Figures: GET requests/s and p50/p99/p99.9 latency (wrk, 2 threads, 256 connections, after a warm-up) on
 SQLite and PostgreSQL with 100,000 stored instances of 4 KiB; the same load against nginx and the ratio;
 GET throughput at 1k, 100k and 1M stored instances (SQLite); PUT throughput with 16 writers; the
-registry's peak RSS. Writes bench/results.json. Environment: BENCH_SECONDS (10), BENCH_QUICK=1 (skip 1M).
+registry's peak RSS; a boot storm of 10,000 VMs (``boshreg testcloud storm``). Writes bench/results.json.
+Environment: BENCH_SECONDS (10), BENCH_QUICK=1 (skip 1M, storm 1,000 VMs).
 """
 
 from __future__ import annotations
@@ -32,12 +33,15 @@ from sqlalchemy import create_engine, insert, text
 from sqlalchemy.engine import URL, make_url
 
 from boshreg.registry.tables import metadata, registry_instances
+from boshreg.testcloud.storm import storm
 
 HERE = Path(__file__).resolve().parent
 SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
 WARMUP = 3.0
 STORED = 100_000
 SCALES = (1_000, 100_000) if os.environ.get("BENCH_QUICK") else (1_000, 100_000, 1_000_000)
+STORM_VMS = 1_000 if os.environ.get("BENCH_QUICK") else 10_000
+STORM_CONCURRENCY = 256
 POSTGRES = os.environ.get("BOSHREG_TEST_POSTGRES_URL", "postgresql+psycopg://postgres:postgres@127.0.0.1:5432/postgres")
 PASSWORD = secrets.token_hex(12)
 AUTH = base64.b64encode(f"admin:{PASSWORD}".encode()).decode()
@@ -247,6 +251,11 @@ def main() -> int:
             with registry(workdir, url) as (base, _pid):
                 results[f"scale_{count}"] = wrk(base, "get.lua", 256, count, seconds=min(SECONDS, 5))
             Path(url.database or "").unlink(missing_ok=True)
+        print(f"boot storm: {STORM_VMS:,} VMs, {STORM_CONCURRENCY} at a time ...", flush=True)
+        report = storm(workdir / "storm", vms=STORM_VMS, concurrency=STORM_CONCURRENCY, say=lambda _line: None)
+        if not report.ok:
+            raise SystemExit(f"bench: the boot storm failed:\n{report.to_text()}")
+        results["boot_storm"] = {key: value for key, value in report.to_json().items() if key != "errors"}
     for name in ("sqlite", "postgres"):
         results[f"get_{name}"]["ratio_to_nginx"] = round(
             results[f"get_{name}"]["requests_per_s"] / results["nginx"]["requests_per_s"], 4
@@ -285,7 +294,13 @@ def table(results: dict[str, Any]) -> str:
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) for row in rows]
-    return "\n".join([f"{results['date']}  {results['machine']}", results["load"], "", *lines])
+    boot = results["boot_storm"]
+    storm_line = (
+        f"boot storm: {boot['vms']:,} VMs, {boot['concurrency']} at a time: all resolved in {boot['seconds']:.1f} s "
+        f"(CPI stored them in {boot['cpi_seconds']:.1f} s); per VM p50 {boot['per_vm_ms']['p50']:.1f} ms, "
+        f"p99 {boot['per_vm_ms']['p99']:.1f} ms; registry GET p99 {boot['registry_ms']['p99']:.1f} ms"
+    )
+    return "\n".join([f"{results['date']}  {results['machine']}", results["load"], "", *lines, "", storm_line])
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ import json
 import logging
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import BinaryIO, TextIO, TypeVar
 
 import click
 
@@ -93,6 +94,17 @@ cacert_option = click.option(
     help="CA certificate for an https registry. [env: BOSHREG_CACERT]",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+FC = TypeVar("FC", bound=Callable[..., object])
+work_dir_option = click.option(
+    "--work-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Where the test cloud's registry data, its log and drive images go (default: a temporary directory).",
+)
+
+
+def deadline_option(default: float, help: str) -> Callable[[FC], FC]:
+    """The agent's --deadline, as ``boshreg testcloud`` commands take it."""
+    return click.option("--deadline", type=click.FloatRange(1, 600), default=default, show_default=True, help=help)
 
 
 class CliError(Exception):
@@ -591,18 +603,8 @@ def testcloud_config_drive(
     show_default=True,
 )
 @click.option("--registry-less", is_flag=True, help="Put the settings in the user data (current BOSH).")
-@click.option(
-    "--work-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    help="Where the registry's data, its log and drive images go (default: a temporary directory).",
-)
-@click.option(
-    "--deadline",
-    type=click.FloatRange(1, 600),
-    default=30.0,
-    show_default=True,
-    help="The agent's deadline, in seconds.",
-)
+@work_dir_option
+@deadline_option(30.0, "The agent's deadline, in seconds.")
 @json_option
 @click.pass_context
 def testcloud_boot(
@@ -652,18 +654,8 @@ def testcloud_boot(
     type=click.IntRange(1, 64),
     help="Resolver processes sharing the concurrency (default: one per core).",
 )
-@click.option(
-    "--work-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    help="Where the registry's data and log go (default: a temporary directory).",
-)
-@click.option(
-    "--deadline",
-    type=click.FloatRange(1, 600),
-    default=60.0,
-    show_default=True,
-    help="Each agent's deadline, in seconds.",
-)
+@work_dir_option
+@deadline_option(60.0, "Each agent's deadline, in seconds.")
 @json_option
 @click.pass_context
 def testcloud_storm(
