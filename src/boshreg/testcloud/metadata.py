@@ -2,6 +2,7 @@
 
 It answers the OpenStack paths for every listed version and the EC2 paths, picks the VM by the caller's
 source address (or serves its only VM to everyone), and answers 404 for what a VM lacks, as Nova does.
+The answers are independent of HTTP; ``MetadataApp`` serves them as ASGI for a boot storm's load.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import socket
 import threading
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from starlette.types import Receive, Scope, Send
 
 from boshreg.testcloud.vms import EC2_VERSIONS, OPENSTACK_VERSIONS, TestVm, meta_data_for_version
 
@@ -107,6 +110,22 @@ class MetadataService:
         answers = {"public-keys": "0=default", "public-keys/0": "openssh-key",
                    "public-keys/0/openssh-key": vm.public_key}  # fmt: skip
         return _text(answers[key]) if key in answers else _not_found()
+
+
+class MetadataApp:
+    """The same answers as an ASGI application, for serving many VMs at once under uvicorn."""
+
+    def __init__(self, service: MetadataService) -> None:
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        client = scope.get("client")
+        status, content_type, body = self.service.answer(scope["path"], client[0] if client else "")
+        headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -1,6 +1,6 @@
 """A boot storm: many VMs booting at once, each resolving its settings as the agent does.
 
-One real ``boshreg serve`` (SQLite), one metadata emulator in a process of its own, and resolver
+One real ``boshreg serve`` (SQLite), one metadata emulator in a process of its own (under uvicorn), and resolver
 processes running the agent's own ``resolve()`` from many threads. Each simulated VM connects from a
 loopback address of its own (127.64.0.1 onwards), because the metadata service tells VMs apart by the
 caller's address, as Nova's does behind Neutron's proxy; and each reads the registry with its own
@@ -22,6 +22,8 @@ from multiprocessing.queues import Queue
 from pathlib import Path
 from typing import Any
 
+import uvicorn
+
 from boshreg import userdata
 from boshreg.agent import MetadataServiceSource, ResolveError, resolve
 from boshreg.client import RegistryClient
@@ -29,8 +31,9 @@ from boshreg.cpi.credentials import per_vm_endpoint
 from boshreg.cpi.delivery import render
 from boshreg.endpoint import Endpoint
 from boshreg.registry.datadir import INSTANCE_SECRET_FILE
+from boshreg.registry.server import bind
 from boshreg.testcloud.boot import example_settings, running_registry
-from boshreg.testcloud.metadata import MetadataServer
+from boshreg.testcloud.metadata import MetadataApp, MetadataService
 from boshreg.testcloud.vms import TestCloudError, TestVm, default_meta_data
 
 MAX_VMS = 100_000
@@ -192,9 +195,13 @@ class _MetadataProcess:
 
 
 def _serve_metadata(vms: list[TestVm], ports: Queue[int]) -> None:
-    server = MetadataServer("127.0.0.1", 0, vms)
-    ports.put(int(server.server_address[1]))
-    server.serve_forever()
+    """The emulator's answers under uvicorn: a thread per connection costs more than the registry itself."""
+    listening = bind("127.0.0.1", 0)
+    ports.put(listening.port)
+    config = uvicorn.Config(
+        MetadataApp(MetadataService(vms)), loop="asyncio", http="httptools", log_config=None, access_log=False
+    )
+    uvicorn.Server(config).run(sockets=[listening.sock])
 
 
 def _resolve_all(
