@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -49,8 +50,16 @@ class Event:
 class AuditLog:
     """Queue events from request handlers; a background thread stores and prunes them."""
 
-    def __init__(self, engine: Engine, *, max_age: timedelta, max_rows: int) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_age: timedelta,
+        max_rows: int,
+        writer: AbstractContextManager[object] | None = None,
+    ) -> None:
         self.engine = engine
+        self._writer = writer or nullcontext()  # the store's queue for writers, where its database has one
         self.max_age = max_age
         self.max_rows = max_rows
         self._queue: deque[Event] = deque()
@@ -85,7 +94,7 @@ class AuditLog:
         if not batch:
             return
         try:
-            with self.engine.begin() as conn:
+            with self._writer, self.engine.begin() as conn:
                 conn.execute(insert(registry_events), [event.__dict__ for event in batch])
         except sa_exc.SQLAlchemyError as exc:
             self._queue.extendleft(reversed(batch))  # keep them for the next try

@@ -91,7 +91,10 @@ def open_store(config: RegistryConfig) -> SettingsStore:
 def open_audit(config: RegistryConfig, store: SettingsStore) -> AuditLog:
     """The audit trail, in the store's database, with its writer thread running."""
     return AuditLog(
-        store.engine, max_age=timedelta(hours=config.audit.max_age_hours), max_rows=config.audit.max_rows
+        store.engine,
+        max_age=timedelta(hours=config.audit.max_age_hours),
+        max_rows=config.audit.max_rows,
+        writer=store.writer,
     ).start()
 
 
