@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -12,8 +13,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL
 
 from boshreg.registry.config import DbConfig
-from boshreg.registry.engine import build_engine
-from boshreg.registry.store import SettingsRejected, SettingsStore
+from boshreg.registry.engine import build_async_engine, build_engine
+from boshreg.registry.store import SettingsRejected, SettingsStore, StoreUnavailable
+from conftest import usable_backend
 from support.databases import original_table_ddl
 
 SETTINGS = '{"agent_id": "a-1",  "vm": {"name": "vm-1"}, "note": "kept  as   written"}'
@@ -125,3 +127,39 @@ def test_sqlite_runs_in_wal_mode_with_durable_commits(tmp_path: Path) -> None:
         synchronous = conn.exec_driver_sql("PRAGMA synchronous").scalar()
     store.close()
     assert (journal_mode, synchronous) == ("wal", 2)  # 2 = FULL: fsync before the commit returns
+
+
+@pytest.mark.sqlite
+def test_sqlite_read_in_line_fails_as_unavailable_and_recovers(tmp_path: Path) -> None:
+    """A read that SQLite refuses is a 503 for that request, not an internal error, and the next read works."""
+    store = SettingsStore(build_engine(DbConfig(url=f"sqlite:///{tmp_path / 'registry.db'}")))
+    store.put("vm-1", SETTINGS)
+    assert store.get_inline("vm-1") == SETTINGS
+    other = create_engine(f"sqlite:///{tmp_path / 'registry.db'}")
+    with other.begin() as conn:
+        conn.execute(text("ALTER TABLE registry_instances RENAME TO registry_instances_moved"))
+    with pytest.raises(StoreUnavailable, match="no such table"):
+        store.get_inline("vm-1")
+    with other.begin() as conn:
+        conn.execute(text("ALTER TABLE registry_instances_moved RENAME TO registry_instances"))
+    other.dispose()
+    assert store.get_inline("vm-1") == SETTINGS
+    store.close()
+
+
+@pytest.mark.postgres
+def test_postgres_reads_on_the_event_loop_see_what_was_written(tmp_path: Path) -> None:
+    backend = usable_backend("postgres")
+    with backend.fresh_database(tmp_path) as url:
+        db = DbConfig(url=url.render_as_string(hide_password=False))
+        store = SettingsStore(build_engine(db), build_async_engine(db))
+        assert store.reads_async
+
+        async def read_written() -> tuple[str | None, str | None]:
+            await asyncio.to_thread(store.put, "vm-1", SETTINGS)
+            found = await store.get_async("vm-1"), await store.get_async("vm-unknown")
+            await store.aclose()
+            return found
+
+        assert asyncio.run(read_written()) == (SETTINGS, None)
+        store.close()

@@ -75,7 +75,8 @@ class SettingsStore:
     @property
     def reads_inline(self) -> bool:
         """True when a read is cheaper than handing it to a thread: SQLite in WAL mode, where a read takes
-        microseconds and never waits for a writer. Networked databases are read from worker threads."""
+        microseconds and never waits for a writer. PostgreSQL is read on the loop (``reads_async``), MySQL
+        from worker threads."""
         return self.engine.dialect.name == "sqlite"
 
     @property
@@ -128,15 +129,16 @@ class SettingsStore:
         with self._translate_errors():
             if self._inline is None:
                 self._inline = self.engine.raw_connection()
-        cursor = self._inline.cursor()
         try:
-            cursor.execute(self._get_sql, (instance_id,))
-            row = cursor.fetchone()
+            cursor = self._inline.cursor()
+            try:
+                cursor.execute(self._get_sql, (instance_id,))
+                row = cursor.fetchone()
+            finally:
+                cursor.close()  # ends the read transaction, so the next read sees the latest writes
         except self.engine.dialect.loaded_dbapi.Error as exc:
-            self._close_inline()
+            self._close_inline()  # the next read opens a fresh connection
             raise StoreUnavailable(f"database unavailable ({self.database}): {exc}") from None
-        finally:
-            cursor.close()  # ends the read transaction, so the next read sees the latest writes
         return None if row is None else str(row[0])
 
     async def get_async(self, instance_id: str) -> str | None:
