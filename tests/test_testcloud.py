@@ -265,6 +265,7 @@ def test_storm_usage_errors_are_one_line(tmp_path: Path, args: list[str], expect
         (["resolve", "--source", "floppy"], "invalid choice"),
         (["resolve", "--key", "uuid"], "invalid choice"),
         (["resolve", "--bind", "eth0"], "'eth0' is not an IP address"),
+        (["resolve", "--bind", "192.0.2.77"], "192.0.2.77 is not an address of this machine"),
         ([], "required"),
     ],
 )

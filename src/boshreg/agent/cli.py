@@ -11,6 +11,7 @@ import argparse
 import ipaddress
 import json
 import os
+import socket
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -117,9 +118,14 @@ def _seconds(text: str) -> float:
 
 def _local_address(text: str) -> str:
     try:
-        ipaddress.ip_address(text)
+        address = ipaddress.ip_address(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an IP address of this machine") from None
+    with socket.socket(socket.AF_INET6 if address.version == 6 else socket.AF_INET) as probe:
+        try:
+            probe.bind((text, 0))
+        except OSError as exc:
+            raise argparse.ArgumentTypeError(f"{text} is not an address of this machine ({exc.strerror})") from None
     return text
 
 
