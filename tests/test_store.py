@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL
+from sqlalchemy.pool import QueuePool
 
 from boshreg.registry.config import DbConfig
 from boshreg.registry.engine import build_async_engine, build_engine
@@ -163,3 +164,15 @@ def test_postgres_reads_on_the_event_loop_see_what_was_written(tmp_path: Path) -
 
         assert asyncio.run(read_written()) == (SETTINGS, None)
         store.close()
+
+
+@pytest.mark.parametrize("max_connections", [1, 4, 32])
+def test_postgres_reads_and_writes_share_db_max_connections(max_connections: int) -> None:
+    db = DbConfig(url="postgresql://bosh@127.0.0.1/registry", max_connections=max_connections)
+    threads, on_the_loop = build_engine(db), build_async_engine(db)
+    assert on_the_loop is not None
+    pools = [threads.pool, on_the_loop.sync_engine.pool]
+    sizes = [pool.size() for pool in pools if isinstance(pool, QueuePool)]
+    assert len(sizes) == 2
+    assert sum(sizes) == max(2, max_connections)  # at least one each
+    assert min(sizes) >= 1

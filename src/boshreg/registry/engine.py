@@ -23,23 +23,36 @@ def build_engine(db: DbConfig) -> Engine:
     url = sqlalchemy_url(db)
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(url, db)
-    return create_engine(url, **_server_engine_options(url, db))
+    threads_pool = _pool_sizes(db)[0] if _reads_on_the_loop(url) else db.max_connections
+    return create_engine(url, **_server_engine_options(url, db, threads_pool))
 
 
 def build_async_engine(db: DbConfig) -> AsyncEngine | None:
     """For PostgreSQL through psycopg, a second engine for reads on the event loop itself; else None.
 
     Reads handed to worker threads wait for the interpreter lock at each hand-off while the event loop
-    holds it, so under load a 1 ms query took tens. psycopg speaks asyncio natively. Same options and
-    pool size as the thread engine; its pool fills only as reads need connections.
+    holds it, so under load a 1 ms query took tens. psycopg speaks asyncio natively. Same options as the
+    thread engine; the two pools share ``db.max_connections`` (``_pool_sizes``).
     """
     url = sqlalchemy_url(db)
-    if url.get_backend_name() != "postgresql" or url.get_driver_name() != "psycopg":
+    if not _reads_on_the_loop(url):
         return None
-    return create_async_engine(url, **_server_engine_options(url, db))
+    return create_async_engine(url, **_server_engine_options(url, db, _pool_sizes(db)[1]))
 
 
-def _server_engine_options(url: URL, db: DbConfig) -> dict[str, Any]:
+def _reads_on_the_loop(url: URL) -> bool:
+    return url.get_backend_name() == "postgresql" and url.get_driver_name() == "psycopg"
+
+
+def _pool_sizes(db: DbConfig) -> tuple[int, int]:
+    """db.max_connections split between the thread engine (writes, the audit trail, readiness: a quarter,
+    at least one) and the event loop's reads (the rest, at least one), so a worker opens no more than before.
+    """
+    threads = max(1, db.max_connections // 4)
+    return threads, max(1, db.max_connections - threads)
+
+
+def _server_engine_options(url: URL, db: DbConfig, pool_size: int) -> dict[str, Any]:
     """Pool and connection options for PostgreSQL and MySQL: bounded waits everywhere."""
     backend = url.get_backend_name()
     connect_args: dict[str, Any] = {}
@@ -68,7 +81,7 @@ def _server_engine_options(url: URL, db: DbConfig) -> dict[str, Any]:
         }
     connect_args.update(db.connection_options)
     return {
-        "pool_size": db.max_connections,
+        "pool_size": pool_size,
         "max_overflow": 0,
         "pool_timeout": db.pool_timeout,
         # No probe before each use: a dropped connection fails on use and the store retries it once.
