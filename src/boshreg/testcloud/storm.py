@@ -130,17 +130,7 @@ def storm(
         started = time.monotonic()
         _store_all(registry.endpoint, names)
         cpi_seconds = time.monotonic() - started
-        cloud = [
-            TestVm(
-                name,
-                userdata.encode(
-                    render(name, endpoint=per_vm_endpoint(registry.endpoint, name, secret=secret)).user_data
-                ),
-                default_meta_data(name),
-                vm_address(i),
-            )
-            for i, name in enumerate(names)
-        ]
+        cloud = [_vm(i, name, per_vm_endpoint(registry.endpoint, name, secret=secret)) for i, name in enumerate(names)]
         with _MetadataProcess(cloud) as metadata_url:
             say(f"3. nova      metadata service {metadata_url} for {vms:,} VMs, each known by its own address")
             say(f"4. agents    {vms:,} VMs boot, {concurrency} at a time, in {processes} processes ...")
@@ -169,8 +159,7 @@ def _check_loopback_range() -> None:
 def _store_all(endpoint: Endpoint, names: Sequence[str]) -> None:
     """PUT every VM's settings with the admin credential, as the CPI does before creating the servers."""
     with RegistryClient(endpoint, timeout=30) as client, ThreadPoolExecutor(CPI_WRITERS) as writers:
-        for _ in writers.map(lambda name: client.put_settings(name, json.dumps(example_settings(name))), names):
-            pass
+        list(writers.map(lambda name: client.put_settings(name, json.dumps(example_settings(name))), names))
 
 
 class _MetadataProcess:
