@@ -37,7 +37,8 @@ def build_async_engine(db: DbConfig) -> AsyncEngine | None:
     url = sqlalchemy_url(db)
     if not _reads_on_the_loop(url):
         return None
-    return create_async_engine(url, **_server_engine_options(url, db, _pool_sizes(db)[1]))
+    # Reads only, one statement each: autocommit spares the BEGIN and the ROLLBACK around every SELECT.
+    return create_async_engine(url, isolation_level="AUTOCOMMIT", **_server_engine_options(url, db, _pool_sizes(db)[1]))
 
 
 def _reads_on_the_loop(url: URL) -> bool:

@@ -15,10 +15,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
+import anyio
 from sqlalchemy import Engine, PoolProxiedConnection, bindparam, delete, inspect, select, text, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import QueuePool
 from sqlalchemy.sql.dml import Insert
 
 from boshreg.endpoint import redact_url
@@ -71,6 +73,10 @@ class SettingsStore:
             threading.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
         )
         self._get_sql = str(_GET_SETTINGS.compile(dialect=engine.dialect))
+        # Reads on the loop take turns for the async pool's connections here, first come first served: the
+        # pool's own queue lets a newcomer take a connection a waiter was woken for, and some waited seconds.
+        read_pool = async_engine.sync_engine.pool if async_engine is not None else None
+        self._read_turns = anyio.CapacityLimiter(read_pool.size() if isinstance(read_pool, QueuePool) else 1)
 
     @property
     def reads_inline(self) -> bool:
@@ -159,7 +165,7 @@ class SettingsStore:
 
     async def _read_async(self, instance_id: str) -> str | None:
         assert self.async_engine is not None
-        async with self.async_engine.connect() as conn:
+        async with self._read_turns, self.async_engine.connect() as conn:
             row = (await conn.exec_driver_sql(self._get_sql, {"instance_id": instance_id})).first()
         return None if row is None else str(row[0])
 
