@@ -27,7 +27,7 @@ from boshreg.registry.config import RegistryConfig
 from boshreg.registry.iaas import IaasUnavailable, InstanceUnknown, address_lookup, mismatch_message
 from boshreg.registry.openapi import OPENAPI
 from boshreg.registry.payload import INSTANCE_ID, PayloadError, check_instance_id, check_settings
-from boshreg.registry.store import SettingsRejected, SettingsStore, StoreUnavailable
+from boshreg.registry.store import SettingsRejected, SettingsStore, StoreUnavailable, pool_size
 from boshreg.registry.throttle import AuthThrottle
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,9 @@ class RegistryApi:
         self.anonymous_reads = config.http.allow_anonymous_reads
         self.max_body = config.http.max_body_bytes
         self.timeout = config.http.request_timeout
-        self.limiter = anyio.CapacityLimiter(config.db.max_connections)
+        # As many worker threads as the thread engine has connections (on PostgreSQL, a share of
+        # db.max_connections): more would only wait inside the pool and time out there.
+        self.limiter = anyio.CapacityLimiter(pool_size(store.engine))
         self.addresses = address_lookup(config.cloud, self.timeout) if config.cloud else None
 
     async def settings(self, request: Request) -> Response:

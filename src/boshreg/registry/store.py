@@ -75,8 +75,7 @@ class SettingsStore:
         self._get_sql = str(_GET_SETTINGS.compile(dialect=engine.dialect))
         # Reads on the loop take turns for the async pool's connections here, first come first served: the
         # pool's own queue lets a newcomer take a connection a waiter was woken for, and some waited seconds.
-        read_pool = async_engine.sync_engine.pool if async_engine is not None else None
-        self._read_turns = anyio.CapacityLimiter(read_pool.size() if isinstance(read_pool, QueuePool) else 1)
+        self._read_turns = anyio.CapacityLimiter(pool_size(async_engine.sync_engine) if async_engine else 1)
 
     @property
     def reads_inline(self) -> bool:
@@ -286,6 +285,11 @@ class SettingsStore:
             if exc.connection_invalidated:
                 raise StoreUnavailable(f"database connection lost ({self.database}): {_cause(exc)}") from None
             raise
+
+
+def pool_size(engine: Engine) -> int:
+    """How many connections ``engine`` keeps at most: the number of callers worth letting at it at once."""
+    return engine.pool.size() if isinstance(engine.pool, QueuePool) else 1
 
 
 def _cause(exc: sa_exc.DBAPIError) -> str:
