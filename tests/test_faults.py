@@ -226,9 +226,11 @@ def test_worker_processes_share_the_port_and_die_with_the_parent(start_registry:
 
 
 @pytest.mark.faults
+@pytest.mark.parametrize("to_every_process", [False, True], ids=["to-the-parent", "to-every-process"])
 def test_sigterm_stops_every_worker_gracefully_with_its_audit_trail_written(
-    start_registry: RegistryLauncher, tmp_path: Path
+    start_registry: RegistryLauncher, tmp_path: Path, to_every_process: bool
 ) -> None:
+    """As an operator stops it: SIGTERM to the parent, or to every process at once as systemd does."""
     registry = start_registry(workers=2)
     with httpx.Client(
         auth=("admin", ADMIN_PASSWORD), timeout=10, limits=httpx.Limits(max_keepalive_connections=0)
@@ -236,8 +238,12 @@ def test_sigterm_stops_every_worker_gracefully_with_its_audit_trail_written(
         http.put(f"{registry.url}/instances/vm-t/settings", content=b'{"agent_id": "t"}')
         assert all(http.get(f"{registry.url}/instances/vm-t/settings").status_code == 200 for _ in range(200))
     assert registry.process is not None
+    workers = psutil.Process(registry.process.pid).children() if to_every_process else []
     registry.process.terminate()  # at once: events are still queued for the background writer
+    for worker in workers:  # which then gets the parent's SIGTERM too, during its clean-up
+        worker.terminate()
     assert registry.process.wait(timeout=20) == 0
+    assert "Traceback" not in registry.stderr()
     assert len(set(re.findall(r"Finished server process \[(\d+)\]", registry.stderr()))) == 2
     engine = create_engine(f"sqlite:///{tmp_path / 'registry.db'}")
     events = query_events(engine, instance_id="vm-t")

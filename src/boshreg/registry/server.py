@@ -108,6 +108,9 @@ class _Terminated(Exception):
 
 
 def _raise_terminated(_signum: int, _frame: object) -> None:
+    # Once: a second SIGTERM (systemd signals every process, then the parent signals its workers) must
+    # not break into the clean-up that writes the audit trail.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise _Terminated
 
 
