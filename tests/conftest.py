@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import tempfile
@@ -12,10 +13,32 @@ from typing import Any, NoReturn
 import pytest
 from sqlalchemy.engine import URL
 
-from boshreg.credentials import instance_token
+from boshreg.bootstrap.credentials import instance_token
+from support import linklocal
 from support.databases import BACKENDS, Backend, backend, required, url_text
 from support.pgserver import PgServer, PgServerUnavailable
 from support.registry import ADMIN_PASSWORD, INSTANCE_SECRET, RegistryProcess, free_port, write_config
+
+# Every socket of this process and of every Python process a test starts refuses link-local addresses.
+_GUARD_LOG = Path(tempfile.mkstemp(prefix="boshreg-linklocal-", suffix=".log")[1])
+os.environ[linklocal.LOG_VARIABLE] = str(_GUARD_LOG)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(Path(__file__).parent / "support" / "guard_site"), *filter(None, [os.environ.get("PYTHONPATH")])]
+)
+linklocal.install()
+
+
+@pytest.fixture(autouse=True)
+def no_link_local_traffic() -> Iterator[None]:
+    """Fail any test during which a process tried to reach 169.254.0.0/16 (the platform's metadata service)."""
+    before = _GUARD_LOG.stat().st_size
+    yield
+    with _GUARD_LOG.open(encoding="utf-8") as log:
+        log.seek(before)
+        attempts = log.read().split()
+    if attempts:
+        pytest.fail(f"a link-local address was contacted (refused by the guard): {' '.join(attempts[1::2])}")
+
 
 _reasons: dict[str, str | None] = {}
 _skipped: dict[str, str] = {}

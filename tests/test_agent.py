@@ -12,16 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from boshreg import userdata
 from boshreg.agent import (
     ConfigDriveSource,
     FileSource,
-    MetadataServiceSource,
+    HttpSource,
     ResolveError,
     SettingsSource,
     SourceUnavailable,
     resolve,
 )
+from boshreg.bootstrap import userdata
 from boshreg.testcloud.configdrive import drive_files, write_directory, write_iso
 from conftest import RegistryLauncher
 from support.chain import (
@@ -52,24 +52,29 @@ def endpoint_of(registry: RegistryProcess, password: str = ADMIN_PASSWORD) -> st
 def test_a_config_drive_only_resolves_and_is_pinned(registry: RegistryProcess, tmp_path: Path) -> None:
     store(registry, "vm-a", settings_for("vm-a"))
     drive = write_iso(drive_files(vm("vm-a", registry_user_data("vm-a", endpoint_of(registry)))), tmp_path / "d.iso")
-    missing_metadata = MetadataServiceSource(f"http://127.0.0.1:{free_port()}")
-    resolution = resolve([missing_metadata, ConfigDriveSource(str(drive))], deadline=10)
+    missing_metadata = HttpSource(f"http://127.0.0.1:{free_port()}")
+    resolution = resolve([ConfigDriveSource([str(drive)]), missing_metadata], deadline=10)
     assert resolution.settings == settings_for("vm-a")
-    assert resolution.trace.verdict == "pinned: fed by config-drive"
+    assert resolution.trace.verdict == "pinned"
     assert [(s.step, s.outcome) for s in resolution.trace.steps] == [
-        ("source", "absent"),
         ("source", "ok"),
+        ("without-drive", "absent"),
         ("registry", "ok"),
     ]
+    detail = resolution.trace.verdict_detail
+    assert detail is not None
+    assert detail["fed_by"] == f"config drive {drive}/ec2/latest/user-data"
+    assert detail["reasons"][0].startswith(f"metadata service {missing_metadata.uri}: ")
 
 
-def test_b_metadata_only_resolves_and_is_portable(registry: RegistryProcess) -> None:
+def test_b_metadata_only_resolves_and_is_portable(registry: RegistryProcess, tmp_path: Path) -> None:
     store(registry, "vm-b", settings_for("vm-b"))
     with metadata_service(vm("vm-b", registry_user_data("vm-b", endpoint_of(registry)))) as service:
-        resolution = resolve([MetadataServiceSource(service.url), ConfigDriveSource("/nonexistent")], deadline=10)
+        no_drive = ConfigDriveSource([str(tmp_path / "none.iso")])
+        resolution = resolve([no_drive, HttpSource(service.url)], deadline=10)
     assert resolution.settings == settings_for("vm-b")
     assert resolution.trace.verdict == "portable"
-    assert resolution.trace.source == f"{service.url}/openstack/latest/user_data"
+    assert resolution.trace.source == f"{service.url}/latest/user-data"
     assert resolution.trace.registry_url == f"http://admin:***@127.0.0.1:{registry.port}/instances/vm-b/settings"
 
 
@@ -81,7 +86,7 @@ def test_c_the_old_default_endpoint_fails_before_the_deadline_naming_it() -> Non
     deadline = 4.0
     started = time.monotonic()
     with metadata_service(vm("vm-c", user_data)) as service, pytest.raises(ResolveError) as raised:
-        resolve([MetadataServiceSource(service.url)], deadline=deadline)
+        resolve([HttpSource(service.url)], deadline=deadline)
     elapsed = time.monotonic() - started
     message = str(raised.value)
     assert elapsed < deadline + 1
@@ -93,26 +98,37 @@ def test_c_the_old_default_endpoint_fails_before_the_deadline_naming_it() -> Non
 
 def test_d_no_source_at_all_lists_what_was_tried(tmp_path: Path) -> None:
     sources: list[SettingsSource] = [
-        MetadataServiceSource(f"http://127.0.0.1:{free_port()}"),
-        ConfigDriveSource(str(tmp_path / "none.iso")),
-        FileSource(str(tmp_path / "user_data.json")),
+        FileSource(str(tmp_path / "agent-bootstrap-env.json")),
+        ConfigDriveSource([str(tmp_path / "none.iso")]),
+        HttpSource(f"http://127.0.0.1:{free_port()}"),
     ]
     started = time.monotonic()
     with pytest.raises(ResolveError) as raised:
         resolve(sources, deadline=30)
     assert time.monotonic() - started < 2  # absent sources are passed over at once
     message = str(raised.value)
-    assert message.startswith("no user data from any source (tried metadata service http://127.0.0.1:")
-    assert "Connection refused" in message
+    assert message.startswith(f"no user data from any source (tried file {tmp_path}/agent-bootstrap-env.json: absent")
     assert f"config drive {tmp_path}/none.iso: absent: {tmp_path}/none.iso does not exist" in message
-    assert f"file {tmp_path}/user_data.json: absent: {tmp_path}/user_data.json does not exist" in message
+    assert "Connection refused" in message
+    assert raised.value.trace.verdict == "broken"
+
+
+def test_the_agent_commits_to_the_metadata_service_and_never_falls_back(tmp_path: Path) -> None:
+    (tmp_path / "user_data.json").write_text("{}")
+    sources: list[SettingsSource] = [
+        HttpSource(f"http://127.0.0.1:{free_port()}"),
+        FileSource(str(tmp_path / "user_data.json"), user_data_path=str(tmp_path / "user_data.json")),
+    ]
+    with pytest.raises(ResolveError) as raised:
+        resolve(sources, deadline=5)
+    assert [s.outcome for s in raised.value.trace.steps] == ["absent", "not-tried"]
 
 
 def test_e_wrong_credentials_are_named_and_not_retried(registry: RegistryProcess) -> None:
     store(registry, "vm-e", settings_for("vm-e"))
     machine = vm("vm-e", registry_user_data("vm-e", endpoint_of(registry, "wrong")))
     with metadata_service(machine) as service, pytest.raises(ResolveError) as raised:
-        resolve([MetadataServiceSource(service.url)], deadline=10)
+        resolve([HttpSource(service.url)], deadline=10)
     assert "401" in str(raised.value)
     assert "credentials refused" in str(raised.value)
     assert raised.value.trace.steps[-1].attempts == 1
@@ -122,7 +138,7 @@ def test_f_registry_less_user_data_needs_no_registry() -> None:
     settings = settings_for("vm-f")
     document = userdata.build_user_data("vm-f", None, settings["networks"], PUBLIC_KEY, settings)
     with metadata_service(vm("vm-f", userdata.encode(document))) as service:
-        resolution = resolve([MetadataServiceSource(service.url)], deadline=10)
+        resolution = resolve([HttpSource(service.url)], deadline=10)
     assert resolution.settings == settings
     assert resolution.trace.registry_url is None
     assert resolution.trace.steps[-1].outcome == "skipped"
@@ -156,22 +172,21 @@ def test_config_drive_built_by_genisoimage_is_read(registry: RegistryProcess, tm
         check=True,
         timeout=60,
     )
-    resolution = resolve([ConfigDriveSource(str(image))], deadline=10)
+    resolution = resolve([ConfigDriveSource([str(image)])], deadline=10)
     assert resolution.settings == settings_for("vm-g")
-    assert resolution.trace.verdict == "pinned: fed by config-drive"
+    assert resolution.trace.verdict == "pinned"  # no other source in this order
 
 
 def test_config_drive_as_a_mounted_directory_is_read(registry: RegistryProcess, tmp_path: Path) -> None:
     store(registry, "vm-m", settings_for("vm-m"))
     mounted = write_directory(drive_files(vm("vm-m", registry_user_data("vm-m", endpoint_of(registry)))), tmp_path)
-    assert resolve([ConfigDriveSource(str(mounted))], deadline=10).settings == settings_for("vm-m")
+    assert resolve([ConfigDriveSource([str(mounted)])], deadline=10).settings == settings_for("vm-m")
 
 
-def test_ec2_layout_on_a_drive_is_the_fallback(registry: RegistryProcess, tmp_path: Path) -> None:
-    store(registry, "vm-e2", settings_for("vm-e2"))
+def test_the_drive_is_read_at_the_stemcells_ec2_paths(registry: RegistryProcess, tmp_path: Path) -> None:
     files = drive_files(vm("vm-e2", registry_user_data("vm-e2", endpoint_of(registry))))
     mounted = write_directory({k: v for k, v in files.items() if k.startswith("ec2/")}, tmp_path)
-    found = ConfigDriveSource(str(mounted)).read(timeout=2)
+    found = ConfigDriveSource([str(mounted)]).read(timeout=2)
     assert found.location.endswith("ec2/latest/user-data")
     assert found.public_key == PUBLIC_KEY
 
@@ -185,7 +200,7 @@ def test_an_iso_with_another_label_is_refused(tmp_path: Path, genisoimage: str) 
         timeout=60,
     )
     with pytest.raises(SourceUnavailable, match="labelled 'cidata', not 'config-2'"):
-        ConfigDriveSource(str(image)).read(timeout=2)
+        ConfigDriveSource([str(image)]).read(timeout=2)
 
 
 # --- metadata service details --------------------------------------------------------------------
@@ -195,7 +210,7 @@ def test_ec2_only_service_keys_the_registry_by_instance_id(registry: RegistryPro
     machine = vm("vm-aws", registry_user_data("vm-aws", endpoint_of(registry)))
     store(registry, machine.instance_id, settings_for("vm-aws"))
     with metadata_service(machine, openstack=False) as service:
-        resolution = resolve([MetadataServiceSource(service.url)], key="instance-id", deadline=10)
+        resolution = resolve([HttpSource(service.url, want_instance_id=True)], key="instance-id", deadline=10)
     assert resolution.settings == settings_for("vm-aws")
     assert resolution.trace.source == f"{service.url}/latest/user-data"
     assert resolution.trace.registry_url is not None
@@ -203,20 +218,23 @@ def test_ec2_only_service_keys_the_registry_by_instance_id(registry: RegistryPro
 
 
 def test_a_vm_without_user_data_is_absent_from_the_metadata_service() -> None:
-    with metadata_service(vm("vm-empty", None)) as service, pytest.raises(ResolveError, match="serves no user data"):
-        resolve([MetadataServiceSource(service.url)], deadline=5)
+    with (
+        metadata_service(vm("vm-empty", None)) as service,
+        pytest.raises(ResolveError, match="404: the metadata service has no user data for this VM"),
+    ):
+        resolve([HttpSource(service.url)], deadline=5)
 
 
-def test_invalid_user_data_moves_on_to_the_next_source(registry: RegistryProcess, tmp_path: Path) -> None:
-    store(registry, "vm-i", settings_for("vm-i"))
-    (tmp_path / "user_data.json").write_bytes(registry_user_data("vm-i", endpoint_of(registry)))
-    with metadata_service(vm("vm-i", b"#cloud-config\n")) as service:
-        resolution = resolve(
-            [MetadataServiceSource(service.url), FileSource(str(tmp_path / "user_data.json"))], deadline=10
-        )
-    assert [s.outcome for s in resolution.trace.steps] == ["invalid", "ok", "ok"]
-    assert "is not JSON" in resolution.trace.steps[0].detail
-    assert resolution.trace.verdict == "pinned: fed by file"
+def test_invalid_user_data_stops_the_agent_at_the_source_it_kept(tmp_path: Path) -> None:
+    (tmp_path / "user_data.json").write_bytes(b"#cloud-config\n")
+    with metadata_service(vm("vm-i", registry_user_data("vm-i", "http://a:b@10.0.0.5:25777"))) as service:
+        user_data_file = str(tmp_path / "user_data.json")
+        with pytest.raises(ResolveError) as raised:
+            resolve([FileSource(user_data_file, user_data_path=user_data_file), HttpSource(service.url)], deadline=10)
+    assert [s.outcome for s in raised.value.trace.steps] == ["invalid"]
+    assert "is not JSON" in raised.value.trace.steps[0].detail
+    assert "it does not move on to the next source" in str(raised.value)
+    assert raised.value.trace.verdict == "broken"
 
 
 # --- retries under the deadline ------------------------------------------------------------------
@@ -241,7 +259,7 @@ def test_a_registry_that_comes_up_late_is_waited_for(tmp_path: Path, start_regis
     with metadata_service(
         vm("vm-late", registry_user_data("vm-late", f"http://admin:{ADMIN_PASSWORD}@127.0.0.1:{port}"))
     ) as service:
-        resolution = resolve([MetadataServiceSource(service.url)], deadline=30)
+        resolution = resolve([HttpSource(service.url)], deadline=30)
     starter.join(timeout=30)
     assert resolution.settings == settings_for("vm-late")
     assert resolution.trace.steps[-1].attempts > 1
@@ -250,7 +268,7 @@ def test_a_registry_that_comes_up_late_is_waited_for(tmp_path: Path, start_regis
 def test_settings_never_stored_end_in_a_404_that_names_the_key(registry: RegistryProcess) -> None:
     machine = vm("vm-unknown", registry_user_data("vm-unknown", endpoint_of(registry)))
     with metadata_service(machine) as service, pytest.raises(ResolveError) as raised:
-        resolve([MetadataServiceSource(service.url)], deadline=3)
+        resolve([HttpSource(service.url)], deadline=3)
     assert "404" in str(raised.value)
     assert "no settings under key 'vm-unknown'" in str(raised.value)
 
@@ -260,14 +278,16 @@ def test_settings_never_stored_end_in_a_404_that_names_the_key(registry: Registr
 STDLIB_CHECK = """
 import sys
 sys.path.insert(0, {src!r})
-import boshreg.agent, boshreg.agent.cli, boshreg.agent.configdrive, boshreg.agent.registry
+import boshreg.agent, boshreg.agent.cli, boshreg.agent.configdrive, boshreg.agent.registry, boshreg.errors
+import boshreg.bootstrap.endpoint, boshreg.bootstrap.userdata, boshreg.bootstrap.verdict, boshreg.bootstrap.nova
+import boshreg.bootstrap.credentials, boshreg.bootstrap.net, boshreg.bootstrap.registry_key
 ours = {{'boshreg', '__main__'}}
 outside = sorted({{name.split('.')[0] for name in sys.modules}} - set(sys.stdlib_module_names) - ours)
 print(outside)
 """
 
 
-def test_the_agent_package_imports_only_the_standard_library() -> None:
+def test_the_agent_and_bootstrap_packages_import_only_the_standard_library() -> None:
     result = subprocess.run(
         [sys.executable, "-I", "-S", "-c", STDLIB_CHECK.format(src=str(SRC))],
         capture_output=True,

@@ -6,6 +6,7 @@ import base64
 import json
 from pathlib import Path
 
+from boshreg.bootstrap.verdict import COST_PERSONALITY
 from support.cli import assert_one_line_error, boshreg
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -67,7 +68,7 @@ def test_userdata_render_json_gives_nova_and_openstacksdk_forms(tmp_path: Path) 
     assert (body["delivery"], body["verdict"]) == ("metadata", "portable")
 
 
-def test_userdata_render_legacy_says_pinned(tmp_path: Path) -> None:
+def test_userdata_render_legacy_lists_the_personality_costs(tmp_path: Path) -> None:
     result = boshreg(
         "userdata",
         "render",
@@ -80,7 +81,28 @@ def test_userdata_render_legacy_says_pinned(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert result.returncode == 0
-    assert result.stdout.rstrip().splitlines()[-1].startswith("verdict: pinned: depends on config drive")
+    verdict = result.stdout[result.stdout.index("verdict: ") :]
+    # The same user data on the drive and on the metadata service: fed by the drive, nothing lost without it.
+    assert verdict.startswith("verdict: portable (fed by config drive ec2/latest/user-data)\n  cost of the drive: ")
+    assert f"  cost of the drive: {COST_PERSONALITY}\n" in verdict
+
+
+def test_userdata_render_with_the_old_default_endpoint_is_broken_and_warned(tmp_path: Path) -> None:
+    result = boshreg(
+        "userdata", "render", "--name", "vm-1", "--endpoint", "http://admin:admin@localhost:25695", cwd=tmp_path
+    )
+    assert result.returncode == 1
+    verdict = result.stdout[result.stdout.index("verdict: ") :].splitlines()
+    assert verdict[0] == "verdict: broken (fed by metadata service /latest/user-data)"
+    assert verdict[1].startswith("  does not boot: http://admin:***@localhost:25695 is a loopback address")
+    assert "uses port 25695, the old deployer's default" in result.stderr
+    assert "uses the well-known credentials admin:admin" in result.stderr
+
+
+def test_userdata_render_refuses_a_name_the_registry_refuses(tmp_path: Path) -> None:
+    for name in ("vm 1", "vm/1"):
+        result = boshreg("userdata", "render", "--name", name, "--endpoint", "http://a:b@10.0.0.5:25777", cwd=tmp_path)
+        assert_one_line_error(result, "the registry refuses it as a key")
 
 
 def test_userdata_render_registry_less(tmp_path: Path) -> None:
@@ -96,11 +118,14 @@ def test_userdata_render_registry_less(tmp_path: Path) -> None:
 
 def test_userdata_render_errors_are_one_line(tmp_path: Path) -> None:
     (tmp_path / "big.json").write_text(json.dumps({"agent_id": "a", "env": {"blob": "x" * 50_000}}))
+    (tmp_path / "settings20k.json").write_text(json.dumps({"agent_id": "a", "env": {"blob": "x" * 20_000}}))
     (tmp_path / "broken.json").write_text("{nope")
     (tmp_path / "latin1.json").write_bytes(b'{"agent_id": "caf\xe9"}')
     cases = [
         (["--name", "vm-1"], "give --endpoint (registry mode) or --settings"),
         (["--name", "vm-1", "--settings", "big.json"], "nova accepts at most 49,149 bytes"),
+        (["--name", "vm-1", "--settings", "big.json"], "use registry mode (--endpoint instead of --settings"),
+        (["--name", "vm-1", "--settings", "settings20k.json", "--cloud", "aws"], "EC2 accepts at most 16,384 bytes"),
         (["--name", "vm-1", "--settings", "broken.json"], "--settings broken.json is not JSON"),
         (["--name", "vm-1", "--settings", "latin1.json"], "--settings latin1.json is not UTF-8 text"),
         (["--name", "vm-1", "--endpoint", "http://10.0.0.5:25777"], "--endpoint has no credentials"),
@@ -115,7 +140,7 @@ def test_inspect_the_legacy_request(tmp_path: Path) -> None:
     result = boshreg("inspect", str(FIXTURES / "legacy_create_server.json"), cwd=tmp_path)
     assert result.returncode == 1
     assert "  only the personality copy has openssh.public_key\n" in result.stdout
-    assert result.stdout.splitlines()[-1].startswith("verdict: pinned: depends on config drive (because")
+    assert "\nverdict: pinned (fed by config drive ec2/latest/user-data)\n  without the drive: " in result.stdout
 
 
 def test_inspect_json_and_a_portable_request(tmp_path: Path) -> None:
@@ -124,7 +149,7 @@ def test_inspect_json_and_a_portable_request(tmp_path: Path) -> None:
     (tmp_path / "portable.json").write_text(json.dumps(request))
     result = boshreg("inspect", "portable.json", "--json", cwd=tmp_path)
     assert (result.returncode, json.loads(result.stdout)["verdict"]) == (0, "portable")
-    assert "admin:admin" not in result.stdout  # endpoints are redacted in reports
+    assert "admin:admin@" not in result.stdout  # endpoints are redacted in reports
 
 
 def test_inspect_bad_input_is_exit_2(tmp_path: Path) -> None:

@@ -11,9 +11,11 @@ from typing import Any
 import pytest
 from openstack.compute.v2.server import Server
 
-from boshreg.cpi import PERSONALITY_PATH, Delivery, RequestError, inspect_request
+from boshreg.bootstrap.endpoint import parse_endpoint
+from boshreg.bootstrap.nova import PERSONALITY_PATH
+from boshreg.bootstrap.verdict import COST_MIGRATION, Word
+from boshreg.cpi import Delivery, RequestError, inspect_request
 from boshreg.cpi.delivery import render
-from boshreg.endpoint import parse_endpoint
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ENDPOINT = parse_endpoint("http://admin:secret@10.0.0.5:25777")
@@ -77,7 +79,7 @@ def test_registry_less_render_takes_dns_from_the_settings_networks() -> None:
 def test_inspecting_a_rendered_request_agrees_with_its_verdict(delivery: Delivery) -> None:
     bootstrap = render("vm-1", endpoint=ENDPOINT, public_key=KEY, delivery=delivery)
     inspection = inspect_request({"server": {"name": "vm-1", **bootstrap.nova_fragment()}})
-    assert inspection.verdict == bootstrap.verdict.split(":")[0]
+    assert inspection.verdict == bootstrap.verdict
     assert inspection.differences == []
 
 
@@ -86,32 +88,34 @@ def test_inspecting_a_rendered_request_agrees_with_its_verdict(delivery: Deliver
 
 def test_the_operators_legacy_request_is_pinned_and_the_missing_key_is_named() -> None:
     inspection = inspect_request(legacy_request())
-    assert inspection.verdict == "pinned"
+    assert inspection.word is Word.PINNED
     assert inspection.differences == ["only the personality copy has openssh.public_key"]
     assert inspection.channels == [
         "metadata service (user_data)",
         f"injected file {PERSONALITY_PATH} (personality)",
         "config drive (implied by injected files)",
     ]
-    assert inspection.verdict_line.startswith("pinned: depends on config drive (because the user data is injected")
-    assert "2.57" in inspection.verdict_line
-    assert "only the personality copy has openssh.public_key: lost without the drive" in inspection.verdict_line
+    line = inspection.verdict.line()
+    assert line.startswith("pinned; fed by config drive ec2/latest/user-data; without the drive: ")
+    assert f"openssh.public_key (only in the injected {PERSONALITY_PATH}) would be lost" in line
+    assert "microversion 2.57 and later refuse them with 400" in line
 
 
 def test_a_metadata_only_request_is_portable() -> None:
     request = legacy_request()
     del request["server"]["personality"]
     inspection = inspect_request(request)
-    assert (inspection.verdict, inspection.verdict_line, inspection.pinned) == ("portable", "portable", False)
+    assert inspection.verdict.line() == "portable; fed by metadata service /latest/user-data"
 
 
-def test_config_drive_flag_pins_even_with_identical_copies() -> None:
+def test_a_config_drive_with_the_same_user_data_feeds_the_vm_but_leaves_it_portable() -> None:
     request = legacy_request()
     del request["server"]["personality"]
     request["server"]["config_drive"] = "True"  # nova also accepts the string form
     inspection = inspect_request(request)
-    assert inspection.verdict == "pinned"
-    assert "config_drive is true" in inspection.verdict_line
+    assert inspection.word is Word.PORTABLE
+    assert inspection.verdict.fed_by == "config drive ec2/latest/user-data"
+    assert COST_MIGRATION in inspection.verdict.costs
 
 
 def test_differing_endpoints_are_shown_redacted() -> None:
@@ -131,13 +135,13 @@ def test_only_a_personality_copy_means_nothing_without_the_drive() -> None:
     request = legacy_request()
     del request["server"]["user_data"]
     inspection = inspect_request(request)
-    assert "there is no user_data for the metadata service" in inspection.verdict_line
+    assert inspection.word is Word.BROKEN  # the stemcell's agent reads no injected file: ec2/latest/user-data is empty
+    assert inspection.verdict.reasons == ("the request has no user_data: the metadata service answers 404 for it",)
 
 
-def test_a_request_without_user_data_is_unbootable() -> None:
+def test_a_request_without_user_data_is_broken() -> None:
     inspection = inspect_request({"server": {"name": "vm-1", "imageRef": "x"}})
-    assert inspection.verdict == "unbootable"
-    assert inspection.pinned
+    assert inspection.word is Word.BROKEN
 
 
 def test_other_injected_files_are_listed_and_pin() -> None:
@@ -145,10 +149,11 @@ def test_other_injected_files_are_listed_and_pin() -> None:
     request["server"]["personality"].append({"path": "/etc/motd", "contents": base64.b64encode(b"hi").decode()})
     inspection = inspect_request(request)
     assert inspection.other_files == ["/etc/motd (2 bytes)"]
+    assert "the injected file /etc/motd (2 bytes) would be lost" in inspection.verdict.reasons
 
 
 def test_the_bare_server_object_is_accepted_too() -> None:
-    assert inspect_request(legacy_request()["server"]).verdict == "pinned"
+    assert inspect_request(legacy_request()["server"]).word is Word.PINNED
 
 
 @pytest.mark.parametrize(

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
+from boshreg.bootstrap.verdict import NOTE_MULTI_NETWORK, Word
 from boshreg.cpi import Delivery
 from boshreg.doctor import ManifestError, Report, Status, diagnose, load_manifest
 from conftest import RegistryLauncher
@@ -46,21 +51,28 @@ def test_the_old_micro_cpi_is_reported_as_legacy_delivery() -> None:
 
 def test_config_drive_and_the_old_default_endpoint_are_each_named() -> None:
     report = doctor("micro_bosh_config_drive.yml")
-    assert not report.failed
+    assert report.failed  # a loopback endpoint: the VMs' agents reach themselves, not the registry
     assert report.delivery is Delivery.CONFIG_DRIVE
-    messages = [c.message for c in report.checks if c.status is Status.WARN]
-    assert any("loopback address" in m for m in messages)
-    assert any("port 25695, the old deployer's default" in m for m in messages)
-    assert any("well-known credentials admin:admin" in m for m in messages)
-    assert any(m.startswith("pinned: cloud.properties.openstack.config_drive is 'cdrom'") for m in messages)
-    assert any("use_dhcp is false" in m for m in messages)
+    failed = [c.message for c in report.checks if c.status is Status.FAIL]
+    warned = [c.message for c in report.checks if c.status is Status.WARN]
+    assert any("loopback address" in m for m in failed)
+    assert any("port 25695, the old deployer's default" in m for m in warned)
+    assert any("well-known credentials admin:admin" in m for m in warned)
+    assert any(
+        m.startswith("config drive attached: cloud.properties.openstack.config_drive is 'cdrom'") for m in warned
+    )
+    assert any("use_dhcp is false" in m for m in warned)
+    assert report.verdict is not None
+    assert report.verdict.word is Word.BROKEN
+    assert report.verdict.fed_by == "config drive ec2/latest/user-data"
+    assert NOTE_MULTI_NETWORK in report.verdict.notes
 
 
 def test_the_fixed_create_env_manifest_is_clean() -> None:
     report = doctor("create_env_fixed.yml")
-    assert [c.status for c in report.checks] == [Status.OK, Status.OK, Status.OK]
+    assert [c.status for c in report.checks] == [Status.OK, Status.OK, Status.OK, Status.OK]
     assert report.delivery is Delivery.METADATA
-    assert report.to_json()["pinned"] is False
+    assert report.to_json()["verdict"]["verdict"] == "portable"
 
 
 def test_cpi_properties_at_top_level_are_read(tmp_path: Path) -> None:
@@ -128,3 +140,28 @@ def test_online_check_fails_when_nothing_listens(tmp_path: Path) -> None:
     report = online(manifest_for(tmp_path, free_port(), "pw"))
     check = next(c for c in report.checks if c.name == "registry answers")
     assert (check.status, "connection refused" in check.message) == (Status.FAIL, True)
+
+
+@pytest.fixture
+def static_file_server(tmp_path: Path) -> Iterator[int]:
+    """A plain web server that answers 404 for every path: what an endpoint pointing at the wrong port finds."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_online_check_fails_against_a_server_that_is_not_a_registry(static_file_server: int, tmp_path: Path) -> None:
+    report = online(manifest_for(tmp_path, static_file_server, "pw"))
+    check = next(c for c in report.checks if c.name == "registry answers")
+    assert check.status is Status.FAIL
+    assert "404 File not found from something that is not a BOSH registry" in check.message
+    assert "Content-Type text/html" in check.message
+    assert "Server SimpleHTTP/" in check.message
+    assert "body b'<!DOCTYPE HTML>" in check.message
+    assert check.fix == "point registry.endpoint at the host and port `boshreg serve` listens on"

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from boshreg.endpoint import Endpoint, EndpointError, parse_endpoint, redact_url
+from boshreg.bootstrap.endpoint import Endpoint, EndpointError, parse_endpoint, redact_url
 
 
 def test_credentials_in_the_url() -> None:

@@ -10,9 +10,10 @@ from hypothesis import strategies as st
 
 from boshreg.agent.registry import RegistryFetchError
 from boshreg.agent.registry import decode_answer as decode_registry_answer
+from boshreg.bootstrap.endpoint import EndpointError, parse_endpoint, redact_url
+from boshreg.bootstrap.userdata import UserDataError, decode, validate
+from boshreg.bootstrap.verdict import Word
 from boshreg.cpi import RequestError, inspect_request
-from boshreg.endpoint import EndpointError, parse_endpoint, redact_url
-from boshreg.userdata import UserDataError, decode, validate
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -62,7 +63,7 @@ def test_inspect_never_raises_anything_else(request: object) -> None:
         inspection = inspect_request(request)
     except RequestError:
         return
-    assert inspection.verdict in ("portable", "pinned", "unbootable")
+    assert inspection.word in (Word.PORTABLE, Word.PINNED, Word.BROKEN)
     inspection.to_text()
     json.dumps(inspection.to_json())
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine
 
-from boshreg.credentials import instance_token
+from boshreg.bootstrap.credentials import instance_token
 from boshreg.registry.audit import AuditLog, query_events
 from boshreg.registry.tables import metadata
 from boshreg.registry.throttle import AuthThrottle

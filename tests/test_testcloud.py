@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import create_engine
 
 from boshreg.agent import ConfigDriveSource
+from boshreg.bootstrap.nova import OPENSTACK_VERSIONS
 from boshreg.registry.audit import query_events
-from boshreg.testcloud.vms import OPENSTACK_VERSIONS
 from support.chain import PUBLIC_KEY, metadata_service, vm
 from support.cli import assert_one_line_error, boshreg
 from support.http import get_from as get
@@ -100,7 +100,7 @@ def test_config_drive_command_builds_a_config_2_image(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
-    found = ConfigDriveSource(str(tmp_path / "drive.iso")).read(timeout=2)
+    found = ConfigDriveSource([str(tmp_path / "drive.iso")]).read(timeout=2)
     assert (found.user_data, found.public_key) == (USER_DATA, PUBLIC_KEY)
     blkid = subprocess.run(
         ["blkid", "-s", "LABEL", "-o", "value", str(tmp_path / "drive.iso")],
@@ -158,7 +158,12 @@ def test_testcloud_errors_are_one_line(tmp_path: Path, args: list[str], expected
 
 @pytest.mark.parametrize(
     ("options", "verdict"),
-    [([], "portable"), (["--delivery", "config-drive"], "pinned"), (["--registry-less"], "portable")],
+    [
+        ([], "portable"),
+        (["--delivery", "config-drive"], "portable"),
+        (["--delivery", "config-drive", "--metadata-down"], "pinned"),
+        (["--registry-less"], "portable"),
+    ],
 )
 def test_boot_runs_the_whole_chain(tmp_path: Path, options: list[str], verdict: str) -> None:
     result = boshreg("testcloud", "boot", "--work-dir", "work", *options, cwd=tmp_path)

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from boshreg.endpoint import parse_endpoint
-from boshreg.userdata import (
-    NOVA_MAX_RAW,
+from boshreg.bootstrap.endpoint import parse_endpoint
+from boshreg.bootstrap.nova import EC2_MAX_RAW, NOVA_MAX_RAW
+from boshreg.bootstrap.userdata import (
     UserDataError,
     build_user_data,
     check_size,
@@ -84,8 +84,20 @@ def test_nova_size_limit_is_checked_before_any_call() -> None:
 
 def test_encode_refuses_a_document_over_the_limit() -> None:
     settings = {"agent_id": "a", "env": {"blob": "x" * NOVA_MAX_RAW}}
-    with pytest.raises(UserDataError, match="Use registry mode"):
+    with pytest.raises(UserDataError, match="use registry mode"):
         encode(build_user_data("vm-1", None, None, None, settings))
+
+
+def test_ec2_limit_is_16_kib_before_encoding() -> None:
+    check_size(b"x" * EC2_MAX_RAW, "aws")
+    with pytest.raises(UserDataError, match="EC2 accepts at most 16,384 bytes"):
+        check_size(b"x" * (EC2_MAX_RAW + 1), "aws")
+
+
+def test_a_server_name_the_registry_refuses_is_refused_when_rendering() -> None:
+    for name in ("vm 1", "vm/1", "x" * 256):
+        with pytest.raises(UserDataError, match="the registry refuses it as a key"):
+            build_user_data(name, ENDPOINT)
 
 
 @pytest.mark.parametrize(
@@ -113,7 +125,7 @@ def test_decode_errors_name_the_source(raw: bytes, message: str) -> None:
         decode(raw, "nova user_data")
 
 
-names = st.text(min_size=1, max_size=40, alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]))
+names = st.from_regex(r"[A-Za-z0-9._:-]{1,40}", fullmatch=True)  # what the registry takes as a key
 nameservers = st.lists(st.ip_addresses().map(str), max_size=3)
 
 

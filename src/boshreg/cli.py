@@ -16,14 +16,20 @@ from typing import BinaryIO, TextIO, TypeVar
 import click
 
 from boshreg import __version__
+from boshreg.agent.agent_json import AgentConfigError, read_agent_settings
 from boshreg.agent.cli import main as agent_main
+from boshreg.bootstrap.endpoint import Endpoint, EndpointError, parse_endpoint, reachability_warnings
+from boshreg.bootstrap.net import is_ip_address
+from boshreg.bootstrap.nova import CLOUDS
+from boshreg.bootstrap.userdata import UserDataError
+from boshreg.bootstrap.userdata import decode as decode_user_data
+from boshreg.bootstrap.verdict import STEMCELL_ORDER, Word, source_order
 from boshreg.client import RegistryClient, RegistryClientError
 from boshreg.cpi.credentials import per_vm_endpoint
 from boshreg.cpi.delivery import Delivery
 from boshreg.cpi.delivery import render as render_bootstrap
 from boshreg.cpi.inspect import RequestError, inspect_request
 from boshreg.doctor import ManifestError, diagnose, load_manifest
-from boshreg.endpoint import Endpoint, EndpointError, parse_endpoint, reachability_warnings
 from boshreg.logs import LogSetupError, setup_logging
 from boshreg.registry.audit import SinceError, parse_since, query_events
 from boshreg.registry.auth import hash_password
@@ -46,8 +52,15 @@ from boshreg.testcloud.configdrive import drive_files, write_iso
 from boshreg.testcloud.metadata import MetadataServer
 from boshreg.testcloud.storm import MAX_VMS, storm
 from boshreg.testcloud.vms import TestCloudError, TestVm, default_meta_data, parse_listen, parse_vm_spec
-from boshreg.userdata import UserDataError, is_ip_address
-from boshreg.userdata import decode as decode_user_data
+from boshreg.why import (
+    READ_OK,
+    WhyError,
+    registry_side_from_database,
+    registry_side_from_endpoint,
+    vm_side_from_trace,
+    vm_side_from_user_data,
+)
+from boshreg.why import diagnose as why_diagnose
 
 log = logging.getLogger("boshreg")
 
@@ -55,6 +68,8 @@ EXIT_USAGE = 2
 
 # Errors that are the user's to fix: printed as one line, exit 2.
 USER_ERRORS = (
+    WhyError,
+    AgentConfigError,
     ConfigError,
     DataDirError,
     ServeError,
@@ -94,6 +109,12 @@ cacert_option = click.option(
     help="CA certificate for an https registry. [env: BOSHREG_CACERT]",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+agent_config_option = click.option(
+    "--agent-config",
+    type=click.Path(dir_okay=False),
+    help="The stemcell's agent.json, whose Sources order decides what feeds the VM "
+    "(default: the current OpenStack stemcell's).",
+)
 FC = TypeVar("FC", bound=Callable[..., object])
 work_dir_option = click.option(
     "--work-dir",
@@ -225,6 +246,100 @@ def events_command(
         click.echo(event.to_text())
     if not found:
         click.echo("no events" + (f" for {instance_id}" if instance_id else ""), err=True)
+
+
+@cli.command("why")
+@click.argument("instance")
+@config_file_option
+@data_dir_option
+@click.option(
+    "--endpoint",
+    "endpoint_url",
+    envvar="BOSHREG_ENDPOINT",
+    help="Ask a running registry (admin credentials) instead of reading its database. [env: BOSHREG_ENDPOINT]",
+)
+@click.option(
+    "--user-data",
+    "user_data_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The VM's user data (what the CPI gave nova), to join the VM's side.",
+)
+@click.option(
+    "--trace",
+    "trace_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="A saved `boshreg agent resolve --json` trace (its standard error), to join the VM's side.",
+)
+@cacert_option
+@timeout_option
+@json_option
+@click.pass_context
+def why_command(
+    ctx: click.Context,
+    instance: str,
+    config_file: Path | None,
+    data_dir: Path,
+    endpoint_url: str | None,
+    user_data_file: Path | None,
+    trace_file: Path | None,
+    cacert: str | None,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Why does INSTANCE hang? ("Timed out pinging ... after 600 seconds")
+
+    Joins the registry's side (are settings stored, did the VM ever ask, how did its reads end) with the
+    VM's side when given (its user data, or a saved agent trace) into one diagnosis. Exit 0 when the
+    registry side is fine (the VM read its settings), 1 when a cause was found.
+
+    \b
+    Examples:
+      boshreg why vm-3f1c                                  # the local zero-config registry's database
+      boshreg why vm-3f1c --config registry.yml --user-data user_data.json
+      boshreg why vm-3f1c --endpoint http://admin:PASSWORD@10.0.0.5:25777 --json
+    """
+    if user_data_file is not None and trace_file is not None:
+        raise CliError("give --user-data or --trace, not both")
+    if endpoint_url:
+        endpoint = parse_endpoint(endpoint_url, key="--endpoint")
+        registry = registry_side_from_endpoint(endpoint, instance, timeout=timeout, cacert=cacert)
+    else:
+        config = load_config(config_file) if config_file is not None else zero_config_for_reading(data_dir)
+        where = str(config_file) if config_file is not None else f"database in {data_dir}"
+        registry = registry_side_from_database(config, instance, where)
+    vm = None
+    if user_data_file is not None:
+        vm = vm_side_from_user_data(user_data_file)
+    elif trace_file is not None:
+        vm = vm_side_from_trace(trace_file)
+    diagnosis = why_diagnose(registry, vm)
+    if as_json:
+        _print_json(
+            {
+                "instance": instance,
+                "diagnosis": diagnosis.code,
+                "message": diagnosis.message,
+                "fix": diagnosis.fix,
+                "facts": list(diagnosis.facts),
+                "registry": {
+                    "where": registry.where,
+                    "stored": registry.stored,
+                    "events": [event.to_json() for event in registry.events],
+                },
+                "vm": None
+                if vm is None
+                else {
+                    "where": vm.where,
+                    "registry_key": vm.registry_key,
+                    "endpoint": vm.endpoint,
+                    "problems": list(vm.problems),
+                    "error": vm.error,
+                },
+            }
+        )
+    else:
+        click.echo(diagnosis.to_text())
+    ctx.exit(0 if diagnosis.code == READ_OK else 1)
 
 
 @cli.command("hash-password")
@@ -388,10 +503,20 @@ def userdata_group() -> None:
     type=click.Choice([d.value for d in Delivery]),
     default=Delivery.METADATA.value,
     show_default=True,
-    help="metadata: portable; config-drive and legacy pin the VM to its drive.",
+    help="metadata: user_data only; config-drive: also a drive (the agent reads it first); legacy: also the "
+    "old CPI's personality file.",
+)
+@click.option(
+    "--cloud",
+    type=click.Choice(CLOUDS),
+    default="openstack",
+    show_default=True,
+    help="Whose size limit applies: nova's 65,535 base64 characters, or EC2's 16 KiB.",
 )
 @json_option
+@click.pass_context
 def userdata_render(
+    ctx: click.Context,
     name: str,
     endpoint_url: str | None,
     user: str | None,
@@ -403,9 +528,13 @@ def userdata_render(
     instance_secret_file: TextIO | None,
     cacert: str | None,
     delivery: str,
+    cloud: str,
     as_json: bool,
 ) -> None:
-    """Render the user data and the nova create-server fragment for one VM.
+    """Render the user data and the nova create-server fragment for one VM, with its verdict.
+
+    Exit 0 when the VM would boot, 1 when the agent could not boot from this user data (e.g. a loopback
+    registry endpoint), 2 for bad options.
 
     \b
     Examples:
@@ -430,8 +559,12 @@ def userdata_render(
         dns=list(dns),
         public_key=public_key_file.read() if public_key_file else None,
         delivery=Delivery(delivery),
+        cloud=cloud,
     )
     fragment = bootstrap.nova_fragment()
+    verdict = bootstrap.verdict
+    for warning in verdict.warnings:
+        click.echo(f"warning: {warning}", err=True)
     if admin_in_vm:
         click.echo(
             "warning: the user data carries the admin credential: any process on the VM can read and "
@@ -442,28 +575,31 @@ def userdata_render(
         _print_json(
             {
                 "delivery": bootstrap.delivery.value,
-                "verdict": bootstrap.verdict,
+                **verdict.to_json(),
                 "user_data": bootstrap.user_data,
                 "nova": fragment,
                 "openstacksdk": bootstrap.openstacksdk_kwargs(),
             }
         )
-        return
-    click.echo(json.dumps(bootstrap.user_data, indent=2, ensure_ascii=False))
-    click.echo(f'\nnova POST /servers, under "server" ({bootstrap.delivery.value} delivery):')
-    click.echo(json.dumps(fragment, indent=2))
-    click.echo(f"\nverdict: {bootstrap.verdict}")
+    else:
+        click.echo(json.dumps(bootstrap.user_data, indent=2, ensure_ascii=False))
+        click.echo(f'\nnova POST /servers, under "server" ({bootstrap.delivery.value} delivery):')
+        click.echo(json.dumps(fragment, indent=2))
+        click.echo(f"\n{verdict.to_text()}")
+    ctx.exit(0 if verdict.boots else 1)
 
 
 @cli.command("inspect")
 @click.argument("request_file", metavar="REQUEST.json", type=click.File("rb"))
+@agent_config_option
 @json_option
 @click.pass_context
-def inspect_command(ctx: click.Context, request_file: BinaryIO, as_json: bool) -> None:
+def inspect_command(ctx: click.Context, request_file: BinaryIO, agent_config: str | None, as_json: bool) -> None:
     """Inspect a captured nova create-server request: channels, copies, and the verdict.
 
-    Exit 0 when the VM is portable, 1 when it depends on a config drive (or cannot boot), 2 for a request
-    that cannot be read.
+    The verdict walks the sources of the stemcell's agent.json (default: the current OpenStack
+    stemcell's, File then ConfigDrive then HTTP) over what Nova makes of the request. Exit 0 when the VM
+    is portable, 1 when it is pinned to its config drive or broken, 2 for a request that cannot be read.
 
     \b
     Example:
@@ -475,12 +611,13 @@ def inspect_command(ctx: click.Context, request_file: BinaryIO, as_json: bool) -
         raise CliError(
             f'{request_file.name} is not JSON ({exc}); paste the request body, {{"server": {{...}}}}'
         ) from None
-    inspection = inspect_request(request)
+    order = source_order(read_agent_settings(agent_config)) if agent_config else STEMCELL_ORDER
+    inspection = inspect_request(request, order=order)
     if as_json:
         _print_json(inspection.to_json())
     else:
         click.echo(inspection.to_text())
-    ctx.exit(1 if inspection.pinned else 0)
+    ctx.exit(0 if inspection.word is Word.PORTABLE else 1)
 
 
 @cli.command("doctor")
@@ -603,12 +740,23 @@ def testcloud_config_drive(
     show_default=True,
 )
 @click.option("--registry-less", is_flag=True, help="Put the settings in the user data (current BOSH).")
+@click.option(
+    "--metadata-down",
+    is_flag=True,
+    help="The metadata service does not answer (as without DHCP): shows what a drive-fed VM depends on.",
+)
 @work_dir_option
 @deadline_option(30.0, "The agent's deadline, in seconds.")
 @json_option
 @click.pass_context
 def testcloud_boot(
-    ctx: click.Context, delivery: str, registry_less: bool, work_dir: Path | None, deadline: float, as_json: bool
+    ctx: click.Context,
+    delivery: str,
+    registry_less: bool,
+    metadata_down: bool,
+    work_dir: Path | None,
+    deadline: float,
+    as_json: bool,
 ) -> None:
     """Run the whole chain on this machine and print the agent's trace.
 
@@ -619,6 +767,7 @@ def testcloud_boot(
     Examples:
       boshreg testcloud boot
       boshreg testcloud boot --delivery config-drive
+      boshreg testcloud boot --delivery config-drive --metadata-down
       boshreg testcloud boot --registry-less --json
     """
     with tempfile.TemporaryDirectory(prefix="boshreg-testcloud-") as temporary:
@@ -628,13 +777,15 @@ def testcloud_boot(
             registry_less=registry_less,
             deadline=deadline,
             say=(lambda _line: None) if as_json else click.echo,
+            metadata_down=metadata_down,
         )
     if as_json:
         _print_json(report.to_json())
     else:
         click.echo("\n".join(f"   {line}" for line in report.trace.to_text().splitlines()))
         if report.ok:
-            click.echo(f"5. result    the agent got the settings the CPI stored ({report.trace.verdict})")
+            line = report.trace.verdict_detail["line"] if report.trace.verdict_detail else report.trace.verdict
+            click.echo(f"5. result    the agent got the settings the CPI stored ({line})")
         else:
             click.echo(f"5. result    FAILED: {report.error}")
     ctx.exit(0 if report.ok else 1)

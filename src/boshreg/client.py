@@ -12,15 +12,25 @@ from typing import Any
 
 import httpx
 
-from boshreg.endpoint import Endpoint, redact_url
+from boshreg.bootstrap.endpoint import Endpoint, redact_url
+from boshreg.errors import BoshregError
+
+# The "status" values of the registry's JSON answers (the original's and ours): anything else answering is
+# not a BOSH registry (a static file server, a proxy's error page, another service on that port).
+REGISTRY_STATUSES = frozenset({"ok", "not_found", "access_denied", "error"})
+_SHOWN_BYTES = 60
 
 
-class RegistryClientError(Exception):
+class RegistryClientError(BoshregError):
     """A registry call that did not succeed; the message is one line for the operator."""
 
     def __init__(self, message: str, status_code: int | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
+
+
+class NotARegistry(RegistryClientError):
+    """Something answered at the endpoint, but not with the registry's JSON: the message says what it was."""
 
 
 class RegistryClient:
@@ -64,6 +74,15 @@ class RegistryClient:
             raise RegistryClientError(f"unexpected answer from {where}: no user and password in the body")
         return user, password
 
+    def events(self, instance_id: str, limit: int = 100) -> list[dict[str, Any]]:
+        """The instance's audit trail, newest first (admin credentials needed)."""
+        body = self._call("GET", instance_id, path=f"events?limit={limit}")
+        events = body.get("events")
+        if not isinstance(events, list):
+            where = self.endpoint.settings_url(instance_id, redacted=True)
+            raise RegistryClientError(f"unexpected answer from {where}: no events list in the body")
+        return [event for event in events if isinstance(event, dict)]
+
     def delete_settings(self, instance_id: str) -> None:
         """Remove the settings of ``instance_id`` (no error when there were none)."""
         self._call("DELETE", instance_id)
@@ -86,6 +105,8 @@ class RegistryClient:
                 f"{method} {where}: cannot connect ({_reason(exc)}); is `boshreg serve` running there?"
             ) from None
         body = _json_body(response)
+        if body.get("status") not in REGISTRY_STATUSES:
+            raise NotARegistry(f"{method} {where}: {_what_answered(response)}", response.status_code)
         if response.status_code == 200 and body.get("status") == "ok":
             return body
         # The registry's own message says what to do; the hints are for servers that give none.
@@ -108,6 +129,19 @@ def _json_body(response: httpx.Response) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError):
         return {}
     return body if isinstance(body, dict) else {}
+
+
+def _what_answered(response: httpx.Response) -> str:
+    """Status, content type, server and first bytes of an answer that is not the registry's."""
+    first = response.content[:_SHOWN_BYTES]
+    more = "..." if len(response.content) > _SHOWN_BYTES else ""
+    server = response.headers.get("server")
+    return (
+        f"{response.status_code} {response.reason_phrase} from something that is not a BOSH registry "
+        f"(Content-Type {response.headers.get('content-type') or 'none'}"
+        f"{f', Server {server}' if server else ''}; body {first!r}{more}): the endpoint's host or port points "
+        "at another service, or a proxy answers in the registry's place"
+    )
 
 
 def _reason(exc: httpx.TransportError) -> str:

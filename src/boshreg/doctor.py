@@ -16,10 +16,19 @@ from typing import Any
 
 import yaml
 
-from boshreg.client import RegistryClient, RegistryClientError
-from boshreg.cpi.costs import DRIVE_DEPENDENCY, PERSONALITY_COST
-from boshreg.cpi.delivery import PERSONALITY_PATH, Delivery
-from boshreg.endpoint import Endpoint, EndpointError, parse_endpoint, reachability_warnings
+from boshreg.bootstrap.endpoint import Endpoint, EndpointError, parse_endpoint, reachability_warnings
+from boshreg.bootstrap.nova import METADATA_URL, PERSONALITY_PATH
+from boshreg.bootstrap.verdict import (
+    COST_PERSONALITY,
+    NOTE_MULTI_NETWORK,
+    Verdict,
+    Word,
+    nova_readings,
+    predict,
+)
+from boshreg.client import NotARegistry, RegistryClient, RegistryClientError
+from boshreg.cpi.delivery import Delivery
+from boshreg.errors import BoshregError
 
 PROBE_INSTANCE = "boshreg-doctor-probe"
 
@@ -31,7 +40,7 @@ _PROPERTY_PLACES = (
 )
 
 
-class ManifestError(Exception):
+class ManifestError(BoshregError):
     """A file that cannot be read as a manifest; the message names the file and what is wrong."""
 
 
@@ -59,6 +68,7 @@ class Report:
     source: str
     checks: list[Check] = field(default_factory=list)
     delivery: Delivery | None = None
+    verdict: Verdict | None = None
 
     @property
     def failed(self) -> bool:
@@ -83,7 +93,7 @@ class Report:
         return {
             "source": self.source,
             "delivery": self.delivery.value if self.delivery else None,
-            "pinned": self.delivery not in (None, Delivery.METADATA),
+            "verdict": self.verdict.to_json() if self.verdict else None,
             "checks": [check.to_json() for check in self.checks],
             "failed": self.failed,
         }
@@ -132,10 +142,13 @@ def diagnose(
     properties, where = cpi_properties(document)
     prefix = f"{where}." if where else ""
     report = Report(source=f"{source} ({where or 'top level'})")
-    endpoint = _check_endpoint(report, properties.get("registry"), prefix)
+    registry = properties.get("registry")
+    endpoint = _check_endpoint(report, registry, prefix)
     if endpoint is not None:
         _check_reachability(report, endpoint, resolve)
     _check_delivery(report, document, properties, prefix)
+    if endpoint is not None and isinstance(registry, Mapping):
+        _check_verdict(report, endpoint, _text(registry.get("endpoint")) or "", properties, resolve)
     if online and endpoint is not None:
         _check_online(report, endpoint, timeout, cacert)
     return report
@@ -179,7 +192,8 @@ def _check_reachability(report: Report, endpoint: Endpoint, resolve: bool) -> No
         report.checks.append(Check("reachable from VMs", Status.OK, f"{endpoint.host} is a routable address"))
         return
     for warning in warnings:
-        report.checks.append(Check("reachable from VMs", Status.WARN, warning.problem, warning.fix))
+        status = Status.FAIL if warning.fatal else Status.WARN
+        report.checks.append(Check("reachable from VMs", status, warning.problem, warning.fix))
 
 
 def _check_delivery(report: Report, document: Mapping[str, Any], properties: Mapping[str, Any], prefix: str) -> None:
@@ -193,9 +207,10 @@ def _check_delivery(report: Report, document: Mapping[str, Any], properties: Map
             Check(
                 "delivery",
                 Status.WARN,
-                f"pinned: {prefix}openstack.config_drive is {config_drive!r}: {DRIVE_DEPENDENCY}",
+                f"config drive attached: {prefix}openstack.config_drive is {config_drive!r}; the stemcell's agent "
+                "reads the drive first, so every VM is fed by its drive",
                 f"remove {prefix}openstack.config_drive when VMs can reach the metadata service "
-                "(169.254.169.254); metadata delivery is the default",
+                f"({METADATA_URL}); metadata delivery is the default",
             )
         )
     elif legacy_cpi:
@@ -204,8 +219,8 @@ def _check_delivery(report: Report, document: Mapping[str, Any], properties: Map
             Check(
                 "delivery",
                 Status.WARN,
-                f"pinned: cloud.plugin openstack (bosh micro) uses the old CPI, which also injects the user data "
-                f"as {PERSONALITY_PATH}: {PERSONALITY_COST}",
+                f"cloud.plugin openstack (bosh micro) uses the old CPI, which also injects the user data as "
+                f"{PERSONALITY_PATH}: {COST_PERSONALITY}",
                 "deploy with a current CPI (bosh create-env), or render the bootstrap with "
                 "`boshreg userdata render --delivery metadata` and check requests with `boshreg inspect`",
             )
@@ -213,11 +228,7 @@ def _check_delivery(report: Report, document: Mapping[str, Any], properties: Map
     else:
         report.delivery = Delivery.METADATA
         report.checks.append(
-            Check(
-                "delivery",
-                Status.OK,
-                "portable: user data through the metadata service only, no config drive",
-            )
+            Check("delivery", Status.OK, "user data through the metadata service only, no config drive")
         )
     if openstack.get("use_dhcp") is False:
         report.checks.append(
@@ -231,11 +242,43 @@ def _check_delivery(report: Report, document: Mapping[str, Any], properties: Map
         )
 
 
+def _check_verdict(report: Report, endpoint: Endpoint, raw: str, properties: Mapping[str, Any], resolve: bool) -> None:
+    """The verdict ``inspect`` and ``agent resolve`` give a VM this CPI creates: one word, for one situation."""
+    document = {"server": {"name": "vm-doctor"}, "registry": {"endpoint": raw if "@" in raw else endpoint.url()}}
+    drive = report.delivery is not Delivery.METADATA
+    readings = nova_readings(document, drive_attached=drive)
+    openstack = properties.get("openstack")
+    dhcp_off = isinstance(openstack, Mapping) and openstack.get("use_dhcp") is False
+    verdict = predict(
+        readings,
+        drive_attached=drive,
+        personality=report.delivery is Delivery.LEGACY,
+        notes=[NOTE_MULTI_NETWORK] if drive and dhcp_off else [],
+        resolve=resolve,
+    )
+    report.verdict = verdict
+    if verdict.word is Word.BROKEN:
+        status, fix = Status.FAIL, "fix what stops the agent (above), then run doctor again"
+    elif verdict.word is Word.PINNED or verdict.costs:
+        status, fix = Status.WARN, "metadata delivery (no config drive) leaves VMs free of the drive"
+    else:
+        status, fix = Status.OK, ""
+    message = verdict.line() + "".join(f"; note: {note}" for note in verdict.notes)
+    report.checks.append(Check("verdict", status, message, fix))
+
+
 def _check_online(report: Report, endpoint: Endpoint, timeout: float, cacert: str | None) -> None:
     name = "registry answers"
     try:
         with RegistryClient(endpoint, timeout=timeout, cacert=cacert) as client:
             client.get_settings(PROBE_INSTANCE)
+    except NotARegistry as exc:
+        report.checks.append(
+            Check(
+                name, Status.FAIL, str(exc), "point registry.endpoint at the host and port `boshreg serve` listens on"
+            )
+        )
+        return
     except RegistryClientError as exc:
         if exc.status_code == 404:
             report.checks.append(Check(name, Status.OK, f"{endpoint.redacted()} accepts these credentials"))

@@ -6,7 +6,7 @@ import logging
 import sys
 import time
 
-from boshreg.endpoint import redact_url
+from boshreg.bootstrap.endpoint import redact_url
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import httpx
 
-from boshreg import userdata
-from boshreg.endpoint import parse_endpoint
+from boshreg.bootstrap import userdata
+from boshreg.bootstrap.endpoint import parse_endpoint
 from boshreg.testcloud.metadata import MetadataServer
 from boshreg.testcloud.vms import TestVm, default_meta_data
 

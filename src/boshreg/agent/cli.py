@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from boshreg.agent.agent_json import AgentConfigError, AgentSettings, load_agent_config, retarget
 from boshreg.agent.resolver import (
     DEFAULT_DEADLINE,
     KEY_INSTANCE_ID,
@@ -26,16 +27,11 @@ from boshreg.agent.resolver import (
     resolve,
     settings_json,
 )
-from boshreg.agent.sources import (
-    DEFAULT_METADATA_URL,
-    DEFAULT_USER_DATA_FILE,
-    ConfigDriveSource,
-    FileSource,
-    MetadataServiceSource,
-    SettingsSource,
-)
+from boshreg.agent.sources import ConfigDriveSource, FileSource, HttpSource, SettingsSource
+from boshreg.bootstrap import nova
+from boshreg.bootstrap.verdict import CONFIG_DRIVE, FILE, METADATA, Word
 
-SOURCE_KINDS = ("metadata", "config-drive", "file")
+SOURCE_KINDS = (FILE, CONFIG_DRIVE, METADATA)
 EXIT_NO_SETTINGS = 1
 EXIT_USAGE = 2
 
@@ -53,39 +49,48 @@ def build_parser(prog: str = "boshreg agent") -> argparse.ArgumentParser:
     resolve_parser = commands.add_parser(
         "resolve",
         help="find the user data, then the settings; print the settings",
-        description="Find the user data (metadata service, config drive, file), then the settings (from the "
-        "user data itself, or the registry it names), within one deadline. Settings go to standard output, the "
-        "trace to standard error.",
-        epilog="example: boshreg agent resolve --source metadata --metadata-url http://127.0.0.1:8775 --json",
+        description="Walk the sources of the stemcell's agent.json as bosh-agent does (the first that is there "
+        "feeds the VM), then get the settings (from the user data itself, or the registry it names), within one "
+        f"deadline; judge the VM {Word.PORTABLE}, {Word.PINNED} to its config drive, or {Word.BROKEN}. Settings go to "
+        "standard output, "
+        "the trace and the verdict to standard error.",
+        epilog="examples: boshreg agent resolve --metadata-url http://127.0.0.1:8775 --json; "
+        "boshreg agent resolve --agent-config agent.json --config-drive drive.iso --metadata-url http://127.0.0.1:8775",
+    )
+    resolve_parser.add_argument(
+        "--agent-config",
+        metavar="FILE",
+        help=f"the stemcell's agent.json ({nova.AGENT_JSON_PATH}): its Sources in its order, UseServerName for the "
+        "registry key (default: the current OpenStack stemcell's: File, ConfigDrive, HTTP)",
     )
     resolve_parser.add_argument(
         "--source",
         action="append",
         choices=SOURCE_KINDS,
         dest="sources",
-        help="a source to try, in order (repeatable; default: metadata, config-drive, file)",
+        help="instead of agent.json: a source to try, in order (repeatable)",
     )
     resolve_parser.add_argument(
         "--metadata-url",
-        default=DEFAULT_METADATA_URL,
-        help=f"metadata service base URL (default {DEFAULT_METADATA_URL})",
+        help=f"the HTTP source's URI (default: agent.json's, {nova.METADATA_URL} on stemcells; give the test "
+        "cloud's here)",
     )
     resolve_parser.add_argument(
         "--config-drive",
         metavar="PATH",
-        help="mounted directory, ISO image or device (default: the device labelled config-2)",
+        action="append",
+        help="the ConfigDrive source's disk path: a device, an ISO image or a mounted directory (repeatable; "
+        f"default: {', '.join(nova.CONFIG_DRIVE_DISK_PATHS)})",
     )
     resolve_parser.add_argument(
         "--user-data-file",
         metavar="PATH",
-        default=DEFAULT_USER_DATA_FILE,
-        help=f"user data file (default {DEFAULT_USER_DATA_FILE})",
+        help=f"a File source reading user data from PATH (e.g. the old personality path {nova.PERSONALITY_PATH})",
     )
     resolve_parser.add_argument(
         "--key",
         choices=(KEY_SERVER_NAME, KEY_INSTANCE_ID),
-        default=KEY_SERVER_NAME,
-        help="registry key: server-name (OpenStack, default) or instance-id (AWS)",
+        help="registry key: server-name (OpenStack) or instance-id (AWS); default: agent.json's UseServerName",
     )
     resolve_parser.add_argument(
         "--deadline",
@@ -129,21 +134,47 @@ def _local_address(text: str) -> str:
     return text
 
 
-def sources_from(args: argparse.Namespace) -> list[SettingsSource]:
-    chosen = args.sources or list(SOURCE_KINDS)
-    built: dict[str, SettingsSource] = {
-        "metadata": MetadataServiceSource(args.metadata_url, source_address=args.bind),
-        "config-drive": ConfigDriveSource(args.config_drive),
-        "file": FileSource(args.user_data_file),
-    }
-    return [built[kind] for kind in dict.fromkeys(chosen)]
+def agent_settings_from(args: argparse.Namespace) -> AgentSettings:
+    """The sources to walk: agent.json's (or the stemcell default's), with the options' overrides."""
+    base = load_agent_config(args.agent_config, source_address=args.bind)
+    if args.sources:
+        built: dict[str, SettingsSource] = {
+            METADATA: HttpSource(
+                args.metadata_url or nova.METADATA_URL,
+                source_address=args.bind,
+                want_instance_id=args.key == KEY_INSTANCE_ID,
+            ),
+            CONFIG_DRIVE: ConfigDriveSource(args.config_drive or nova.CONFIG_DRIVE_DISK_PATHS),
+            FILE: FileSource(
+                args.user_data_file or nova.PERSONALITY_PATH,
+                user_data_path=args.user_data_file or nova.PERSONALITY_PATH,
+            ),
+        }
+        ordered = tuple(built[kind] for kind in dict.fromkeys(args.sources))
+        return AgentSettings(ordered, args.key != KEY_INSTANCE_ID, True, "--source options")
+    want_instance_id = None if args.key is None else args.key == KEY_INSTANCE_ID
+    chosen = retarget(
+        base,
+        metadata_url=args.metadata_url,
+        disk_paths=args.config_drive,
+        user_data_file=args.user_data_file,
+        want_instance_id=want_instance_id,
+    )
+    use_server_name = base.use_server_name if args.key is None else args.key == KEY_SERVER_NAME
+    return AgentSettings(chosen.sources, use_server_name, base.use_registry, base.where)
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "boshreg agent") -> int:
     args = build_parser(prog).parse_args(argv)
     try:
+        chosen = agent_settings_from(args)
+    except AgentConfigError as exc:
+        print(f"boshreg: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    key = KEY_SERVER_NAME if chosen.use_server_name else KEY_INSTANCE_ID
+    try:
         resolution = resolve(
-            sources_from(args), key=args.key, deadline=args.deadline, cacert=args.cacert, source_address=args.bind
+            chosen.sources, key=key, deadline=args.deadline, cacert=args.cacert, source_address=args.bind
         )
     except ResolveError as exc:
         _report(exc.trace.to_json() | {"error": str(exc)} if args.json else f"{exc.trace.to_text()}", args.json)

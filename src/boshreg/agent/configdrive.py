@@ -14,12 +14,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-LABEL = "config-2"
+from boshreg.bootstrap.nova import (
+    CONFIG_DRIVE_LABEL,
+    DRIVE_EC2_META_DATA,
+    DRIVE_EC2_USER_DATA,
+    DRIVE_OPENSTACK_META_DATA,
+    DRIVE_OPENSTACK_USER_DATA,
+)
+
+LABEL = CONFIG_DRIVE_LABEL
 BY_LABEL = Path("/dev/disk/by-label") / LABEL
 # Where user data and metadata sit on a drive: the OpenStack layout, then the EC2 one.
 LAYOUTS = (
-    ("openstack/latest/user_data", "openstack/latest/meta_data.json"),
-    ("ec2/latest/user-data", "ec2/latest/meta-data.json"),
+    (DRIVE_OPENSTACK_USER_DATA, DRIVE_OPENSTACK_META_DATA),
+    (DRIVE_EC2_USER_DATA, DRIVE_EC2_META_DATA),
 )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from boshreg.agent._http import build_opener
-from boshreg.endpoint import Endpoint
+from boshreg.bootstrap.endpoint import Endpoint
 
 
 class RegistryFetchError(Exception):

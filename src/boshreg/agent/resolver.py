@@ -1,9 +1,13 @@
-"""Resolving a VM's settings as bosh-agent does, with bounded retries and a trace of every step.
+"""Resolving a VM's settings as bosh-agent does, with bounded retries, a trace and a verdict.
 
-Order: the configured sources, first valid user data wins; then, unless the user data carries the
-settings itself (registry-less, a non-empty ``agent_id``), the registry GET keyed by the server name
-or the instance id. Everything runs under one deadline, and every failure ends in one message naming
-the step, the (redacted) URL, the cause and the likely fix: never a silent hang.
+The walk is the agent's (registry mode): the first source in agent.json's order that is there is kept,
+and the agent never falls back from it (an HTTP source is kept without a probe); then, unless the user
+data carries the settings itself (a non-empty ``agent_id``), the registry GET keyed by the server name
+(``UseServerName``) or the instance id. Everything runs under one deadline, and every failure ends in one
+message naming the step, the (redacted) URL, the cause and the likely fix: never a silent hang.
+
+The verdict is a counterfactual: when a config drive fed the VM, the resolver also walks the sources
+with every drive taken away and compares what they give (``bootstrap.verdict.judge``).
 """
 
 from __future__ import annotations
@@ -14,30 +18,29 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
-from boshreg import userdata
 from boshreg.agent.registry import RegistryFetchError, fetch_settings
 from boshreg.agent.sources import SettingsSource, SourceData, SourceUnavailable
-from boshreg.endpoint import Endpoint, parse_endpoint, reachability_warnings
+from boshreg.bootstrap import userdata
+from boshreg.bootstrap.endpoint import Endpoint, parse_endpoint, reachability_warnings
+from boshreg.bootstrap.verdict import CONFIG_DRIVE, Reading, Verdict, boot_problems, judge
+from boshreg.errors import BoshregError
 
 DEFAULT_DEADLINE = 60.0
-SOURCE_ATTEMPTS = 3  # per source, for failures that may pass (timeouts, 5xx); absent sources get one
 REGISTRY_ATTEMPTS = 10  # as bosh-agent: 10 tries
-FIRST_BACKOFF = 0.5
-MAX_BACKOFF = 2.0  # 10 registry attempts span about 15 s; bosh-agent spaces its 10 tries 1 s apart
+REGISTRY_RETRY_DELAY = 1.0  # 1 s apart in recent versions
 REQUEST_TIMEOUT = 5.0
 
 KEY_SERVER_NAME = "server-name"
 KEY_INSTANCE_ID = "instance-id"
-PORTABLE = "portable"
 
 
 @dataclass
 class Step:
     """One thing the resolver tried."""
 
-    step: str  # "source" or "registry"
+    step: str  # "source", "registry" or "without-drive"
     name: str
-    outcome: str  # "ok", "absent", "failed", "invalid"
+    outcome: str  # "ok", "absent", "failed", "invalid", "unsupported", "not-tried", "skipped"
     detail: str
     seconds: float
     attempts: int = 1
@@ -45,17 +48,21 @@ class Step:
 
 @dataclass
 class Trace:
-    """Every step, which source answered, and the verdict."""
+    """Every step, which source fed the VM, and the verdict."""
 
     steps: list[Step] = field(default_factory=list)
     source: str | None = None
     source_kind: str | None = None
     registry_url: str | None = None
     verdict: str | None = None
+    verdict_detail: dict[str, Any] | None = None
     seconds: float = 0.0
+    judged: Verdict | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "steps": [asdict(step) for step in self.steps]}
+        document = {**asdict(self), "steps": [asdict(step) for step in self.steps]}
+        document.pop("judged")
+        return document
 
     def to_text(self) -> str:
         lines = []
@@ -64,10 +71,16 @@ class Trace:
             lines.append(f"{step.step:<8} {step.outcome:<7} {step.name} ({_ms(step.seconds)}{tries}): {step.detail}")
         if self.source:
             lines.append(f"user data from: {self.source}")
-        if self.verdict:
-            lines.append(f"verdict: {self.verdict}")
+        if self.judged is not None:
+            lines.append(self.judged.to_text())
+            lines += [f"warning: {warning}" for warning in self.judged.warnings]
         lines.append(f"total: {_ms(self.seconds)}")
         return "\n".join(lines)
+
+    def record(self, verdict: Verdict) -> None:
+        self.judged = verdict
+        self.verdict = str(verdict.word)
+        self.verdict_detail = verdict.to_json()
 
 
 @dataclass
@@ -76,7 +89,7 @@ class Resolution:
     trace: Trace
 
 
-class ResolveError(Exception):
+class ResolveError(BoshregError):
     """No settings: the message names the failing step, the URL, the cause and the fix."""
 
     def __init__(self, message: str, trace: Trace) -> None:
@@ -104,24 +117,27 @@ class _Clock:
         return self.now() - self.started
 
     def retry(
-        self, call: Callable[[float], T], kind: type[E], may_recover: Callable[[E], bool], max_attempts: int
+        self,
+        call: Callable[[float], T],
+        kind: type[E],
+        may_recover: Callable[[E], bool],
+        max_attempts: int,
+        delay: float,
     ) -> tuple[T | None, E | None, int]:
         """``call(timeout)`` until it succeeds, fails for good, runs out of attempts or out of time.
 
         Returns the value or the last error of ``kind``, and the number of attempts; other exceptions
         are not the resolver's to judge and propagate.
         """
-        backoff = FIRST_BACKOFF
         attempts = 0
         while True:
             attempts += 1
             try:
                 return call(min(REQUEST_TIMEOUT, max(self.remaining(), 0.1))), None, attempts
             except kind as exc:
-                if not (may_recover(exc) and attempts < max_attempts and self.remaining() > backoff):
+                if not (may_recover(exc) and attempts < max_attempts and self.remaining() > delay):
                     return None, exc, attempts
-            self._sleep(backoff)
-            backoff = min(backoff * 2, MAX_BACKOFF)
+            self._sleep(delay)
 
 
 def resolve(
@@ -133,26 +149,149 @@ def resolve(
     now: Callable[[], float] = time.monotonic,
     cacert: str | None = None,
     source_address: str | None = None,
+    counterfactual: bool = True,
 ) -> Resolution:
     """The VM's agent settings, or ResolveError; never longer than ``deadline`` seconds.
 
     ``source_address`` is the local address the registry GET connects from (sources take their own).
+    ``counterfactual``: when a drive fed the VM, also walk the other sources to judge what it depends on.
     """
     clock = _Clock(deadline, now, sleep)
     trace = Trace()
     try:
-        source, found, document = _user_data(sources, clock, trace)
-        trace.source = found.location
-        trace.source_kind = source.kind
-        trace.verdict = PORTABLE if trace.source_kind == "metadata" else f"pinned: fed by {trace.source_kind}"
+        walked = _walk(sources, clock, trace.steps, "source")
+        source, found, step_index = walked.source, walked.found, walked.step_index
+        if source is None or found is None:
+            trace.record(judge(None, drive_attached=False, without_drive=None, boot_problem="no user data"))
+            raise ResolveError(_nothing_found(trace), trace)
+        trace.source, trace.source_kind = found.location, source.kind
+        if found.settings_file is not None:
+            settings = _settings_file(found.settings_file, trace)
+            trace.record(judge(_reading(source, found, None, key), drive_attached=False, without_drive=None))
+            return Resolution(settings, trace)
+        try:
+            document = userdata.decode(found.user_data or b"", found.location)
+        except userdata.UserDataError as exc:
+            return _broken(trace, step_index, source, found, str(exc))
+        problems, warnings = boot_problems(document, live=True)
+        fed = _reading(source, found, document, key)
+        if problems:
+            return _broken(trace, step_index, source, found, "; ".join(problems))
+        without = _without_drive(sources, clock, trace, key) if counterfactual and source.kind == CONFIG_DRIVE else None
+        verdict = judge(fed, drive_attached=source.kind == CONFIG_DRIVE, without_drive=without, warnings=warnings)
         if userdata.is_registry_less(document):
             trace.steps.append(Step("registry", "none", "skipped", "user data carries the settings (agent_id)", 0.0))
             settings = {k: v for k, v in document.items() if k not in userdata.BOOTSTRAP_KEYS}
         else:
-            settings = _registry_settings(document, found, key, clock, trace, cacert, source_address)
+            try:
+                settings = _registry_settings(document, fed, key, clock, trace, cacert, source_address)
+            except ResolveError as exc:
+                trace.record(
+                    judge(fed, drive_attached=source.kind == CONFIG_DRIVE, without_drive=without, boot_problem=str(exc))
+                )
+                raise
+        trace.record(verdict)
     finally:
         trace.seconds = round(clock.elapsed(), 3)
     return Resolution(settings, trace)
+
+
+@dataclass
+class _Walked:
+    """The agent's pick: the source it kept and what it found, or the last failure that ended the walk."""
+
+    source: SettingsSource | None = None
+    found: SourceData | None = None
+    step_index: int = -1
+    failed: SettingsSource | None = None
+    failure: str = "no source in the agent's order"
+
+
+def _walk(sources: Sequence[SettingsSource], clock: _Clock, steps: list[Step], label: str) -> _Walked:
+    """The agent's selection: the first source that is there, never falling back from one it committed to."""
+    walked = _Walked()
+    for position, source in enumerate(sources):
+        started = clock.now()
+        found, error, attempts = clock.retry(
+            source.read, SourceUnavailable, _source_may_recover, source.attempts, source.retry_delay
+        )
+        if found is not None:
+            steps.append(Step(label, source.describe(), "ok", found.location, clock.now() - started, attempts))
+            return _Walked(source, found, len(steps) - 1)
+        assert error is not None  # retry gives a value or an error
+        outcome = "unsupported" if error.unsupported else "absent" if error.absent else "failed"
+        steps.append(Step(label, source.describe(), outcome, error.reason, clock.now() - started, attempts))
+        walked.failed, walked.failure = source, error.reason
+        if source.commits:
+            for rest in sources[position + 1 :]:
+                steps.append(Step(label, rest.describe(), "not-tried", "the agent stays with the source before", 0.0))
+            break
+        if clock.remaining() <= 0:
+            break
+    return walked
+
+
+def _without_drive(sources: Sequence[SettingsSource], clock: _Clock, trace: Trace, key: str) -> Reading | None:
+    """What the agent would read with every config drive detached (user data only: no registry GET)."""
+    others = [source for source in sources if source.kind != CONFIG_DRIVE]
+    if not others:
+        return None
+    walked = _walk(others, clock, trace.steps, "without-drive")
+    if walked.source is None or walked.found is None:
+        failed = walked.failed or others[-1]
+        return Reading(failed.kind, failed.where, problem=walked.failure)
+    source, found = walked.source, walked.found
+    if found.settings_file is not None:
+        return _reading(source, found, None, key)
+    try:
+        document = userdata.decode(found.user_data or b"", found.location)
+    except userdata.UserDataError as exc:
+        return Reading(source.kind, found.location, problem=str(exc))
+    problems, _ = boot_problems(document, live=True)
+    if problems:
+        return Reading(source.kind, found.location, document, problem="; ".join(problems))
+    return _reading(source, found, document, key)
+
+
+def _reading(source: SettingsSource, found: SourceData, document: dict[str, Any] | None, key: str) -> Reading:
+    registry_key: str | None = found.instance_id
+    if key == KEY_SERVER_NAME and document is not None:
+        server = document.get("server")
+        registry_key = str(server.get("name")) if isinstance(server, dict) and server.get("name") else None
+    return Reading(source.kind, found.location, document, found.public_key, registry_key)
+
+
+def _broken(trace: Trace, step_index: int, source: SettingsSource, found: SourceData, problem: str) -> Resolution:
+    """The kept source gave user data the agent cannot use: it stops there, as bosh-agent does."""
+    trace.steps[step_index].outcome = "invalid"
+    trace.steps[step_index].detail = problem
+    trace.record(judge(Reading(source.kind, found.location, problem=problem), drive_attached=False, without_drive=None))
+    raise ResolveError(
+        f"{found.location}: {problem}; the agent keeps the first source that is there and stops on its user data "
+        "(it does not move on to the next source): fix the user data the CPI gives this VM",
+        trace,
+    )
+
+
+def _nothing_found(trace: Trace) -> str:
+    tried = "; ".join(f"{s.name}: {s.outcome}: {s.detail}" for s in trace.steps)
+    return (
+        f"no user data from any source (tried {tried}); check that the VM was created with user data and that "
+        "the metadata service or the config drive is reachable"
+    )
+
+
+def _settings_file(path: str, trace: Trace) -> dict[str, Any]:
+    """A File source without user data: the agent reads its settings from the file itself."""
+    try:
+        with open(path, "rb") as handle:
+            settings = json.loads(handle.read())
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise ResolveError(f"{path}: settings file unreadable or not JSON ({exc})", trace) from None
+    if not isinstance(settings, dict):
+        raise ResolveError(f"{path}: settings file is not a JSON object", trace)
+    trace.steps.append(Step("registry", "none", "skipped", f"settings read from the file {path}", 0.0))
+    return settings
 
 
 def _source_may_recover(error: SourceUnavailable) -> bool:
@@ -163,41 +302,9 @@ def _registry_may_recover(error: RegistryFetchError) -> bool:
     return error.retryable
 
 
-def _user_data(
-    sources: Sequence[SettingsSource], clock: _Clock, trace: Trace
-) -> tuple[SettingsSource, SourceData, dict[str, Any]]:
-    for source in sources:
-        started = clock.now()
-        found, error, attempts = clock.retry(source.read, SourceUnavailable, _source_may_recover, SOURCE_ATTEMPTS)
-        if found is None:
-            assert error is not None  # retry gives a value or an error
-            outcome, detail = ("absent" if error.absent else "failed"), error.reason
-        else:
-            try:
-                document = userdata.decode(found.user_data, found.location)
-                problems = userdata.validate(document)
-            except userdata.UserDataError as exc:
-                problems = [str(exc)]
-            if not problems:
-                trace.steps.append(
-                    Step("source", source.describe(), "ok", found.location, clock.now() - started, attempts)
-                )
-                return source, found, document
-            outcome, detail = "invalid", "; ".join(problems)
-        trace.steps.append(Step("source", source.describe(), outcome, detail, clock.now() - started, attempts))
-        if clock.remaining() <= 0:
-            break
-    tried = "; ".join(f"{s.name}: {s.outcome}: {s.detail}" for s in trace.steps)
-    raise ResolveError(
-        f"no user data from any source (tried {tried}); check that the VM was created with user data and that "
-        "the metadata service (169.254.169.254) or the config drive is reachable",
-        trace,
-    )
-
-
 def _registry_settings(
     document: dict[str, Any],
-    found: SourceData,
+    fed: Reading,
     key: str,
     clock: _Clock,
     trace: Trace,
@@ -205,14 +312,13 @@ def _registry_settings(
     source_address: str | None,
 ) -> dict[str, Any]:
     endpoint = parse_endpoint(document["registry"]["endpoint"])  # validated with the user data
-    if key == KEY_INSTANCE_ID:
-        if not found.instance_id:
-            raise ResolveError(
-                f"--key instance-id, but {found.location} gave no instance id; use --key server-name", trace
-            )
-        registry_key = found.instance_id
-    else:
-        registry_key = document["server"]["name"]
+    if fed.registry_key is None:
+        raise ResolveError(
+            f"the registry is keyed by the instance id, but {fed.where} gave none; "
+            "set UseServerName: true in agent.json (OpenStack) or use --key server-name",
+            trace,
+        )
+    registry_key = fed.registry_key
     trace.registry_url = endpoint.settings_url(registry_key, redacted=True)
     nameservers = (document.get("dns") or {}).get("nameserver") or []
     started = clock.now()
@@ -223,6 +329,7 @@ def _registry_settings(
         RegistryFetchError,
         _registry_may_recover,
         REGISTRY_ATTEMPTS,
+        REGISTRY_RETRY_DELAY,
     )
     if settings is None:
         assert error is not None  # retry gives a value or an error

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from boshreg.bootstrap.credentials import instance_token
+from boshreg.bootstrap.endpoint import Endpoint
 from boshreg.client import RegistryClient
-from boshreg.credentials import instance_token
-from boshreg.endpoint import Endpoint
 
 
 def per_vm_endpoint(

@@ -1,8 +1,9 @@
 """How the user data reaches the VM: the nova create-server fragment for each delivery mode.
 
 ``metadata`` (the default) leaves the VM free to move: the metadata service serves user data wherever
-the VM runs. ``config-drive`` and ``legacy`` tie the guest to a drive built on its hypervisor; they
-exist for clouds without a reachable metadata service, and for reproducing what the old CPI sent.
+the VM runs. ``config-drive`` attaches a drive (the stemcell's agent then reads the drive first: fed by
+it, with its costs); ``legacy`` also injects the user data as a personality file, as the old CPI did.
+The verdict is the one ``inspect`` and ``agent resolve`` reach for the same request.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from boshreg import userdata
-from boshreg.cpi.costs import DRIVE_DEPENDENCY, PERSONALITY_COST, PINNED, PORTABLE
-from boshreg.endpoint import Endpoint
-
-PERSONALITY_PATH = "/var/vcap/bosh/user_data.json"
+from boshreg.bootstrap import userdata
+from boshreg.bootstrap.endpoint import Endpoint
+from boshreg.bootstrap.nova import PERSONALITY_PATH
+from boshreg.bootstrap.verdict import Verdict
+from boshreg.cpi.inspect import inspect_request
 
 
 class Delivery(enum.StrEnum):
@@ -52,21 +53,16 @@ class Bootstrap:
         return self.nova_fragment()
 
     @property
-    def verdict(self) -> str:
-        """``portable``, or ``pinned: ...`` with what the drive costs."""
-        if self.delivery is Delivery.METADATA:
-            return PORTABLE
-        if self.delivery is Delivery.CONFIG_DRIVE:
-            return f"{PINNED}: depends on config drive (because config_drive is true: {DRIVE_DEPENDENCY})"
-        return (
-            f"{PINNED}: depends on config drive (because the user data is also injected as "
-            f"{PERSONALITY_PATH}: {PERSONALITY_COST})"
-        )
+    def verdict(self) -> Verdict:
+        """What the stemcell's agent will make of this request: the verdict ``inspect`` gives it too."""
+        return inspect_request({"server": self.nova_fragment()}).verdict
 
 
-def build_bootstrap(user_data: dict[str, Any], delivery: Delivery = Delivery.METADATA) -> Bootstrap:
-    """Check the document against nova's limits now, before any API call is made."""
-    userdata.encode(user_data)  # raises UserDataError when too large
+def build_bootstrap(
+    user_data: dict[str, Any], delivery: Delivery = Delivery.METADATA, cloud: str = "openstack"
+) -> Bootstrap:
+    """Check the document against the cloud's limits now, before any API call is made."""
+    userdata.encode(user_data, cloud)  # raises UserDataError when too large
     return Bootstrap(user_data=user_data, delivery=delivery)
 
 
@@ -78,6 +74,7 @@ def render(
     dns: list[str] | None = None,
     public_key: str | None = None,
     delivery: Delivery = Delivery.METADATA,
+    cloud: str = "openstack",
 ) -> Bootstrap:
     """The bootstrap for one VM, as the CPI builds it.
 
@@ -90,4 +87,4 @@ def render(
     elif settings is not None and isinstance(settings.get("networks"), dict):
         networks = settings["networks"]
     document = userdata.build_user_data(name, endpoint, networks, public_key, settings)
-    return build_bootstrap(document, delivery)
+    return build_bootstrap(document, delivery, cloud)

@@ -1,28 +1,36 @@
 """Inspection of a captured nova create-server request: which channels carry the user data, how the
-copies differ, and whether the VM will depend on its config drive.
+copies differ, and the verdict the agent's own walk would reach.
 
 Operators find these requests in CPI debug logs. The question they need answered is the one nobody
-asked when the VM was created: what breaks if the provider turns config drives off?
+asked when the VM was created: what breaks if the provider turns config drives off? Nova puts the
+request's ``user_data`` on the metadata service and, when a drive is attached, on the drive too
+(``ec2/latest/user-data``); injected files go to the drive only. ``bootstrap.verdict.predict`` walks
+those in the stemcell's order, as ``agent resolve`` walks them live.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from boshreg import userdata
-from boshreg.cpi.costs import DRIVE_DEPENDENCY, PERSONALITY_COST, PINNED, PORTABLE
-from boshreg.cpi.delivery import PERSONALITY_PATH
-from boshreg.endpoint import redact_url
+from boshreg.bootstrap import nova, userdata
+from boshreg.bootstrap.endpoint import redact_url
+from boshreg.bootstrap.verdict import (
+    STEMCELL_ORDER,
+    Verdict,
+    Word,
+    flat_differences,
+    nova_readings,
+    only_in,
+    predict,
+)
+from boshreg.errors import BoshregError
 
-UNBOOTABLE = "unbootable"
-_SHOWN_VALUE_CHARS = 80
 
-
-class RequestError(ValueError):
+class RequestError(BoshregError):
     """A request that cannot be inspected; the message names the field."""
 
 
@@ -52,20 +60,11 @@ class Inspection:
     copies: list[Copy] = field(default_factory=list)
     other_files: list[str] = field(default_factory=list)
     differences: list[str] = field(default_factory=list)
-    reasons: list[str] = field(default_factory=list)
-    verdict: str = PORTABLE
+    verdict: Verdict = field(default_factory=lambda: Verdict(Word.BROKEN, reasons=("not inspected",)))
 
     @property
-    def pinned(self) -> bool:
-        return self.verdict != PORTABLE
-
-    @property
-    def verdict_line(self) -> str:
-        if self.verdict == PORTABLE:
-            return PORTABLE
-        if self.verdict == UNBOOTABLE:
-            return f"{UNBOOTABLE}: {'; '.join(self.reasons)}"
-        return f"{PINNED}: depends on config drive (because {'; and '.join(self.reasons)})"
+    def word(self) -> Word:
+        return self.verdict.word
 
     def to_text(self) -> str:
         """The report as an operator reads it; endpoints redacted."""
@@ -81,7 +80,8 @@ class Inspection:
         if self.differences:
             lines.append("differences:")
             lines += [f"  {difference}" for difference in self.differences]
-        lines.append(f"verdict: {self.verdict_line}")
+        lines += [f"warning: {warning}" for warning in self.verdict.warnings]
+        lines.append(self.verdict.to_text())
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
@@ -90,14 +90,15 @@ class Inspection:
             "copies": [copy.to_json() for copy in self.copies],
             "other_injected_files": self.other_files,
             "differences": self.differences,
-            "verdict": self.verdict,
-            "verdict_line": self.verdict_line,
-            "reasons": self.reasons,
+            **self.verdict.to_json(),
         }
 
 
-def inspect_request(request: Any) -> Inspection:
-    """Inspect a create-server body (``{"server": {...}}``, or the server object itself)."""
+def inspect_request(request: Any, *, order: Sequence[str] = STEMCELL_ORDER) -> Inspection:
+    """Inspect a create-server body (``{"server": {...}}``, or the server object itself).
+
+    ``order``: the kinds of the stemcell's agent.json Sources (default: the current OpenStack stemcell's).
+    """
     if not isinstance(request, Mapping):
         raise RequestError('the request is not a JSON object; expected {"server": {...}}')
     server = request.get("server", request)
@@ -115,8 +116,10 @@ def inspect_request(request: Any) -> Inspection:
     if config_drive or personality_copy is not None or result.other_files:
         result.channels.append("config drive" + ("" if config_drive else " (implied by injected files)"))
     if metadata_copy is not None and personality_copy is not None:
-        result.differences = _differences(metadata_copy, personality_copy)
-    _judge(result, metadata_copy, personality_copy, config_drive)
+        result.differences = flat_differences(
+            metadata_copy.document, personality_copy.document, "metadata", "personality"
+        )
+    result.verdict = _judge(result, metadata_copy, personality_copy, config_drive, order)
     return result
 
 
@@ -141,64 +144,41 @@ def _personality(server: Mapping[str, Any], result: Inspection) -> Copy | None:
         if not isinstance(entry, Mapping) or not isinstance(entry.get("path"), str):
             raise RequestError(f"{where} has no path")
         raw = _base64(f"{where}.contents", entry.get("contents"))
-        if entry["path"] != PERSONALITY_PATH:
+        if entry["path"] != nova.PERSONALITY_PATH:
             result.other_files.append(f"{entry['path']} ({len(raw)} bytes)")
             continue
         document = _json_document(f"{where}.contents", raw)
-        found = Copy(f"injected file {PERSONALITY_PATH}", len(raw), document, userdata.validate(document))
+        found = Copy(f"injected file {nova.PERSONALITY_PATH}", len(raw), document, userdata.validate(document))
     if found is not None:
-        result.channels.append(f"injected file {PERSONALITY_PATH} (personality)")
+        result.channels.append(f"injected file {nova.PERSONALITY_PATH} (personality)")
     return found
 
 
-def _judge(result: Inspection, metadata: Copy | None, personality: Copy | None, config_drive: bool) -> None:
-    if metadata is None and personality is None:
-        result.verdict = UNBOOTABLE
-        result.reasons.append("the request carries no user data: the agent cannot learn its name or registry")
-        return
+def _judge(
+    result: Inspection, metadata: Copy | None, personality: Copy | None, config_drive: bool, order: Sequence[str]
+) -> Verdict:
+    """What the agent would read where, as Nova lays it out, judged by the one verdict."""
+    drive_attached = config_drive or personality is not None or bool(result.other_files)
+    readings = nova_readings(
+        metadata.document if metadata is not None else None,
+        drive_attached=drive_attached,
+        missing="the request has no user_data: the metadata service answers 404 for it",
+    )
+    injected = f"only in the injected {nova.PERSONALITY_PATH}"
+    drive_only: list[str] = []
     if personality is not None:
-        result.verdict = PINNED
-        result.reasons.append(f"the user data is injected as {PERSONALITY_PATH}: {PERSONALITY_COST}")
         if metadata is None:
-            result.reasons.append(
-                "there is no user_data for the metadata service: without the drive the agent finds nothing"
-            )
+            drive_only.append(f"the user data itself ({injected})")
         else:
-            only_on_drive = [d for d in result.differences if d.startswith("only the personality copy")]
-            if only_on_drive:
-                result.reasons.append(f"{'; '.join(only_on_drive)}: lost without the drive")
-    if result.other_files:
-        result.verdict = PINNED
-        result.reasons.append(f"other injected files ({', '.join(result.other_files)}) exist only on the drive")
-    if config_drive:
-        result.verdict = PINNED
-        result.reasons.append(f"config_drive is true: {DRIVE_DEPENDENCY}")
-
-
-def _differences(metadata: Copy, injected: Copy) -> list[str]:
-    left, right = _flatten(metadata.document), _flatten(injected.document)
-    found = [f"only the metadata copy has {key}" for key in sorted(left.keys() - right.keys())]
-    found += [f"only the personality copy has {key}" for key in sorted(right.keys() - left.keys())]
-    for key in sorted(left.keys() & right.keys()):
-        if left[key] != right[key]:
-            found.append(f"{key} differs: metadata {_show(left[key])}, personality {_show(right[key])}")
-    return found
-
-
-def _flatten(document: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in document.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(_flatten(value, f"{path}."))
-        else:
-            flat[path] = value
-    return flat
-
-
-def _show(value: Any) -> str:
-    text = redact_url(value) if isinstance(value, str) else repr(value)
-    return text if len(text) <= _SHOWN_VALUE_CHARS else text[:_SHOWN_VALUE_CHARS] + "..."
+            drive_only += [f"{key} ({injected})" for key in only_in(personality.document, metadata.document)]
+    drive_only += [f"the injected file {name}" for name in result.other_files]
+    return predict(
+        readings,
+        order=order,
+        drive_attached=drive_attached,
+        drive_only=drive_only,
+        personality=personality is not None or bool(result.other_files),
+    )
 
 
 def _redacted(document: Mapping[str, Any]) -> dict[str, Any]:

@@ -13,20 +13,22 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
+from sqlalchemy import exc as sa_exc
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from boshreg.credentials import instance_token
+from boshreg.bootstrap.credentials import instance_token
+from boshreg.bootstrap.registry_key import REGISTRY_KEY
 from boshreg.registry.access_log import AccessLogMiddleware
-from boshreg.registry.audit import AuditLog
+from boshreg.registry.audit import EVENTS_DEFAULT, EVENTS_MAX, AuditLog, query_events
 from boshreg.registry.auth import REALM, Authenticator, Caller, Identity
 from boshreg.registry.config import RegistryConfig
 from boshreg.registry.iaas import IaasUnavailable, InstanceUnknown, address_lookup, mismatch_message
 from boshreg.registry.openapi import OPENAPI
-from boshreg.registry.payload import INSTANCE_ID, PayloadError, check_instance_id, check_settings
+from boshreg.registry.payload import PayloadError, check_instance_id, check_settings
 from boshreg.registry.store import SettingsRejected, SettingsStore, StoreUnavailable, pool_size
 from boshreg.registry.throttle import AuthThrottle
 
@@ -97,6 +99,30 @@ class RegistryApi:
         response = refusal or self._credentials(raw_id)
         self._record(request, raw_id, identity, response)
         return response
+
+    async def events(self, request: Request) -> Response:
+        """GET /instances/<id>/events: the instance's audit trail, newest first (admin only; ``boshreg why``)."""
+        raw_id = request.path_params["instance_id"]
+        identity, refusal = await self._authorize(request, raw_id, "events")
+        response = refusal or await self._events(request, raw_id)
+        self._record(request, raw_id, identity, response, action="events")
+        return response
+
+    async def _events(self, request: Request, raw_id: str) -> Response:
+        limit_text = request.query_params.get("limit", str(EVENTS_DEFAULT))
+        if not limit_text.isdigit() or not 1 <= int(limit_text) <= EVENTS_MAX:
+            return error(400, "error", f"limit must be a whole number from 1 to {EVENTS_MAX}")
+        try:
+            instance_id = check_instance_id(raw_id)
+            found = await self._run(
+                lambda: query_events(self.store.engine, instance_id=instance_id, limit=int(limit_text))
+            )
+        except PayloadError as exc:
+            return error(400, "error", str(exc))
+        except (StoreUnavailable, sa_exc.SQLAlchemyError) as exc:
+            log.warning("events of %s: %s", raw_id[:64], type(exc).__name__)
+            return error(503, "error", "the audit trail cannot be read now", **{"Retry-After": "1"})
+        return JSONResponse({"status": "ok", "events": [event.to_json() for event in found]})
 
     async def _settings(self, request: Request, raw_id: str) -> Response:
         try:
@@ -170,7 +196,7 @@ class RegistryApi:
         """The original's check for unauthenticated reads: the caller must hold one of the VM's addresses."""
         if client == "127.0.0.1":  # never checked, as in the original
             return None
-        if not INSTANCE_ID.fullmatch(instance_id):
+        if not REGISTRY_KEY.fullmatch(instance_id):
             return None  # refused with 400 before anything is read; no cloud call for it
         assert self.addresses is not None
         try:
@@ -192,12 +218,14 @@ class RegistryApi:
             return None
         return error(500, "error", mismatch_message(client, found))
 
-    def _record(self, request: Request, raw_id: str, identity: Identity, response: Response) -> None:
+    def _record(
+        self, request: Request, raw_id: str, identity: Identity, response: Response, action: str | None = None
+    ) -> None:
         if self.audit is None:
             return
         status = response.status_code
         self.audit.record(
-            _ACTIONS[request.method],
+            action or _ACTIONS[request.method],
             raw_id[:255],
             _client(request),
             identity.caller.value,
@@ -289,6 +317,7 @@ def create_app(
     routes = [
         Route("/instances/{instance_id}/settings", api.settings, methods=["GET", "PUT", "DELETE"]),
         Route("/instances/{instance_id}/credentials", api.credentials, methods=["POST"]),
+        Route("/instances/{instance_id}/events", api.events, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/readyz", api.readyz, methods=["GET"]),
         Route("/openapi.json", _openapi, methods=["GET"]),

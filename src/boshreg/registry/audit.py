@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 FLUSH_SECONDS = 0.5
 PRUNE_SECONDS = 60.0
 QUEUE_MAX = 100_000
+EVENTS_DEFAULT = 100  # one page of GET /instances/<id>/events
+EVENTS_MAX = 1000
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import bcrypt
 
-from boshreg.credentials import token_matches
+from boshreg.bootstrap.credentials import token_matches
+from boshreg.bootstrap.registry_key import REGISTRY_KEY
 from boshreg.registry.config import AdminSecret
-from boshreg.registry.payload import INSTANCE_ID
 
 REALM = 'Basic realm="Bosh Registry"'
 _REMEMBERED_MAX = 1024
@@ -91,7 +91,7 @@ class Authenticator:
             return Identity(Caller.ADMIN, user)
         if (
             self._instance_secret is not None
-            and INSTANCE_ID.fullmatch(user)
+            and REGISTRY_KEY.fullmatch(user)
             and token_matches(self._instance_secret, user, password)
         ):
             return Identity(Caller.INSTANCE, user)

@@ -14,8 +14,8 @@ import string
 from collections.abc import Callable
 from pathlib import Path
 
-from boshreg.credentials import generate_secret
-from boshreg.endpoint import Endpoint
+from boshreg.bootstrap.credentials import generate_secret
+from boshreg.bootstrap.endpoint import Endpoint
 from boshreg.registry.config import DEFAULT_PORT, DbConfig, HttpConfig, RegistryConfig
 
 log = logging.getLogger(__name__)

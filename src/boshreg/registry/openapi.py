@@ -9,12 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from boshreg import __version__
+from boshreg.bootstrap.registry_key import REGISTRY_KEY
+from boshreg.registry.audit import EVENTS_DEFAULT, EVENTS_MAX
 
 _ID = {
     "name": "instance_id",
     "in": "path",
     "required": True,
-    "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,255}$"},
+    "schema": {"type": "string", "pattern": f"^{REGISTRY_KEY.pattern}$"},
     "description": "The VM's registry key: its server name (OpenStack) or instance id (AWS).",
 }
 
@@ -58,6 +60,14 @@ OPENAPI: dict[str, Any] = {
                       "properties": {"status": {"enum": ["error", "not_found", "access_denied"]},
                                      "error": {"type": "string"}}},
             "AgentSettings": {"type": "object", "description": "The agent settings: any JSON object"},
+            "Events": {"type": "object", "required": ["status", "events"],
+                       "properties": {"status": {"const": "ok"}, "events": {"type": "array", "items": {
+                           "type": "object",
+                           "required": ["at", "action", "instance_id", "client", "credential", "status", "outcome"],
+                           "properties": {"at": {"type": "string"}, "action": {"type": "string"},
+                                          "instance_id": {"type": "string"}, "client": {"type": "string"},
+                                          "credential": {"type": "string"}, "status": {"type": "integer"},
+                                          "outcome": {"type": "string"}}}}}},
         },
     },
     "security": [{"basic": []}, {}],
@@ -87,6 +97,15 @@ OPENAPI: dict[str, Any] = {
                 "summary": "The VM's read credential (admin)",
                 "responses": {"200": {"description": "The credential", **_body("Credentials")}, **_COMMON,
                               "404": _error("Per-VM credentials are off")},
+            },
+        },
+        "/instances/{instance_id}/events": {
+            "parameters": [_ID, {"name": "limit", "in": "query", "required": False,
+                                 "schema": {"type": "integer", "minimum": 1, "maximum": EVENTS_MAX,
+                                            "default": EVENTS_DEFAULT}}],
+            "get": {
+                "summary": "The instance's audit trail, newest first (admin): reads, writes and refusals",
+                "responses": {"200": {"description": "The events", **_body("Events")}, **_COMMON},
             },
         },
         "/healthz": {"get": {"summary": "The process is up", "security": [{}],

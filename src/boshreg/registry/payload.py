@@ -7,9 +7,8 @@ at PUT time anything bosh-agent (Go's encoding/json) could not decode into its s
 from __future__ import annotations
 
 import json
-import re
 
-INSTANCE_ID = re.compile(r"[A-Za-z0-9._:-]{1,255}")
+from boshreg.bootstrap.registry_key import registry_key_problem
 
 
 class PayloadError(ValueError):
@@ -18,10 +17,10 @@ class PayloadError(ValueError):
 
 def check_instance_id(instance_id: str) -> str:
     """Return the id unchanged, or raise naming the rule it breaks."""
-    if INSTANCE_ID.fullmatch(instance_id):
+    problem = registry_key_problem(instance_id)
+    if problem is None:
         return instance_id
-    shown = instance_id if len(instance_id) <= 64 else instance_id[:64] + "..."
-    raise PayloadError(f"invalid instance id {shown!r}: use 1 to 255 characters of letters, digits and . _ : -")
+    raise PayloadError(problem)
 
 
 def _reject_constant(name: str) -> None:

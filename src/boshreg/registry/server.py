@@ -21,7 +21,7 @@ from datetime import timedelta
 import psutil
 import uvicorn
 
-from boshreg.endpoint import Endpoint
+from boshreg.bootstrap.endpoint import Endpoint
 from boshreg.registry.app import create_app
 from boshreg.registry.audit import AuditLog
 from boshreg.registry.config import RegistryConfig

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.sql.dml import Insert
 
-from boshreg.endpoint import redact_url
+from boshreg.bootstrap.endpoint import redact_url
 from boshreg.registry.tables import metadata, registry_instances
 
 log = logging.getLogger(__name__)

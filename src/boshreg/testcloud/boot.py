@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from boshreg import userdata
-from boshreg.agent import ConfigDriveSource, MetadataServiceSource, ResolveError, Trace, resolve
-from boshreg.agent.sources import SettingsSource
+from boshreg.agent import ResolveError, Trace, load_agent_config, resolve
+from boshreg.agent.agent_json import retarget
+from boshreg.bootstrap import userdata
+from boshreg.bootstrap.endpoint import Endpoint
 from boshreg.client import RegistryClient
 from boshreg.cpi.delivery import Delivery, render
-from boshreg.endpoint import Endpoint
 from boshreg.testcloud.configdrive import drive_files, write_iso
 from boshreg.testcloud.metadata import MetadataServer
 from boshreg.testcloud.vms import TestCloudError, TestVm, default_meta_data
@@ -93,8 +93,13 @@ def boot(
     registry_less: bool = False,
     deadline: float = 30.0,
     say: Callable[[str], None] = print,
+    metadata_down: bool = False,
 ) -> BootReport:
-    """Run the chain once; every process and socket it starts is stopped before it returns."""
+    """Run the chain once; every process and socket it starts is stopped before it returns.
+
+    ``metadata_down``: the metadata service does not answer (stopped before the agent runs), as on a
+    cloud without one or a subnet without DHCP: what a VM fed by its drive then depends on.
+    """
     if delivery is Delivery.LEGACY:
         raise TestCloudError(
             "boot runs metadata or config-drive delivery; inspect legacy requests with `boshreg inspect`"
@@ -115,19 +120,29 @@ def boot(
         )
         raw = userdata.encode(bootstrap.user_data)
         mode = "registry-less" if registry_less else "registry"
-        say(f"   CPI       {mode} user data, {len(raw)} bytes, {delivery.value} delivery: {bootstrap.verdict}")
+        say(f"   CPI       {mode} user data, {len(raw)} bytes, {delivery.value} delivery: {bootstrap.verdict.line()}")
         vm = TestVm(name, raw, default_meta_data(name))
         drive: Path | None = None
         metadata = MetadataServer("127.0.0.1", 0, [vm]).start()
+        if metadata_down:
+            metadata.stop()  # its port stays known and now refuses: nothing answers there
         try:
-            sources: list[SettingsSource]
+            # The stemcell's own order (File, ConfigDrive, HTTP), pointed at this test cloud: never at this
+            # machine's own drive or metadata service.
             if delivery is Delivery.CONFIG_DRIVE:
                 drive = write_iso(drive_files(vm), work_dir / "config-drive.iso")
                 say(f"3. nova      config drive {drive} (label config-2); metadata service {metadata.url}")
-                sources = [ConfigDriveSource(str(drive)), MetadataServiceSource(metadata.url)]
             else:
-                say(f"3. nova      metadata service {metadata.url} serving {name}")
-                sources = [MetadataServiceSource(metadata.url)]
+                say(f"3. nova      metadata service {metadata.url} serving {name}; no config drive")
+            if metadata_down:
+                say(f"   nova      the metadata service at {metadata.url} is down")
+            agent = retarget(
+                load_agent_config(None),
+                metadata_url=metadata.url,
+                disk_paths=[str(drive or work_dir / "no-config-drive.iso")],
+                settings_path=str(work_dir / "agent-bootstrap-env.json"),
+            )
+            sources = agent.sources
             say("4. agent     resolving its settings:")
             try:
                 resolution = resolve(sources, deadline=deadline)
@@ -136,7 +151,8 @@ def boot(
             except ResolveError as exc:
                 trace, error, match = exc.trace, str(exc), False
         finally:
-            metadata.stop()
+            if not metadata_down:
+                metadata.stop()
     if error is None and not match:
         error = "the settings the agent got differ from what the CPI stored"
     return BootReport(

@@ -12,9 +12,9 @@ import json
 import re
 from pathlib import Path
 
-from boshreg.testcloud.vms import EC2_VERSIONS, OPENSTACK_VERSIONS, TestVm, meta_data_for_version
-
-LABEL = "config-2"
+from boshreg.bootstrap.nova import CONFIG_DRIVE_LABEL as LABEL
+from boshreg.bootstrap.nova import EC2_VERSIONS, OPENSTACK_VERSIONS
+from boshreg.testcloud.vms import TestVm, meta_data_for_version
 
 
 def drive_files(vm: TestVm) -> dict[str, bytes]:

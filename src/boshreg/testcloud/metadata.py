@@ -15,7 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from starlette.types import Receive, Scope, Send
 
-from boshreg.testcloud.vms import EC2_VERSIONS, OPENSTACK_VERSIONS, TestVm, meta_data_for_version
+from boshreg.bootstrap.nova import EC2_VERSIONS, OPENSTACK_VERSIONS
+from boshreg.testcloud.vms import TestVm, meta_data_for_version
 
 _EC2_META_KEYS = ("ami-id", "hostname", "instance-id", "instance-type", "local-hostname", "local-ipv4",
                   "placement/", "public-keys/", "reservation-id")  # fmt: skip

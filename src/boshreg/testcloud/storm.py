@@ -24,12 +24,12 @@ from typing import Any
 
 import uvicorn
 
-from boshreg import userdata
-from boshreg.agent import MetadataServiceSource, ResolveError, resolve
+from boshreg.agent import HttpSource, ResolveError, resolve
+from boshreg.bootstrap import userdata
+from boshreg.bootstrap.endpoint import Endpoint
 from boshreg.client import RegistryClient
 from boshreg.cpi.credentials import per_vm_endpoint
 from boshreg.cpi.delivery import render
-from boshreg.endpoint import Endpoint
 from boshreg.registry.datadir import INSTANCE_SECRET_FILE
 from boshreg.registry.server import bind
 from boshreg.testcloud.boot import example_settings, running_registry
@@ -222,7 +222,7 @@ def _boot_one(index: int, name: str, metadata_url: str, deadline: float) -> VmBo
     error: str | None = None
     try:
         resolution = resolve(
-            [MetadataServiceSource(metadata_url, source_address=address)],
+            [HttpSource(metadata_url, source_address=address)],
             deadline=deadline,
             source_address=address,
         )

@@ -9,15 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Every version Nova lists under /openstack; each one is served.
-OPENSTACK_VERSIONS = (
-    "2012-08-10", "2013-04-04", "2013-10-17", "2015-10-15", "2016-06-30",
-    "2016-10-06", "2017-02-22", "2018-08-27", "2020-10-14", "2025-04-04", "latest",
-)  # fmt: skip
-EC2_VERSIONS = (
-    "1.0", "2007-01-19", "2007-03-01", "2007-08-29", "2007-10-10", "2007-12-15",
-    "2008-02-01", "2008-09-01", "2009-04-04", "latest",
-)  # fmt: skip
 _NAMESPACE = uuid.UUID("6ba7b811-9dad-11d1-80b4-00c04fd430c8")
 
 

@@ -14,6 +14,8 @@ import threading
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit
 
+from boshreg.bootstrap.net import ip_or_none, url_host
+
 DEFAULT_PORTS = {"http": 80, "https": 443}
 REDACTED = "***"
 
@@ -46,7 +48,7 @@ class Endpoint:
     @property
     def netloc_host(self) -> str:
         """The host as it stands in a URL: IPv6 literals in brackets."""
-        return f"[{self.host}]" if ":" in self.host else self.host
+        return url_host(self.host)
 
     @property
     def base_url(self) -> str:
@@ -185,32 +187,77 @@ _WELL_KNOWN = {("admin", "admin")}
 
 @dataclass(frozen=True)
 class EndpointWarning:
-    """Something that will likely stop VMs from using an endpoint, and what to do about it."""
+    """Something that will likely stop VMs from using an endpoint, and what to do about it.
+
+    ``fatal``: an agent given this endpoint cannot boot (it reaches itself, or cannot parse the URL);
+    the others are risks an operator should know about.
+    """
 
     problem: str
     fix: str
+    code: str = ""
+    fatal: bool = False
 
     def __str__(self) -> str:
         return f"{self.problem}; {self.fix}"
 
 
-def reachability_warnings(endpoint: Endpoint, *, resolve: bool = True, timeout: float = 2.0) -> list[EndpointWarning]:
-    """Why VMs may fail to reach or use ``endpoint``; empty when nothing looks wrong from here."""
+# What Go's net/url accepts in userinfo (bosh-agent parses the endpoint with it); anything else must be
+# percent-encoded, or the agent fails with "net/url: invalid userinfo".
+_GO_USERINFO = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._:~!$&'()*+,;=%@")
+_PERCENT_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def userinfo_warning(raw_url: str) -> EndpointWarning | None:
+    """A warning when the URL's ``user:password@`` is not percent-encoded as the agent's parser needs."""
+    authority = _AUTHORITY.match(raw_url.strip())
+    if authority is None:
+        return None
+    userinfo, at, _host = authority["authority"].rpartition("@")
+    if not at:
+        return None
+    bad = sorted({char for char in userinfo if char not in _GO_USERINFO})
+    if not bad and not _PERCENT_ESCAPE.search(userinfo):
+        return None
+    shown = ", ".join(repr(char) for char in bad) if bad else "a '%' that starts no %XX escape"
+    return EndpointWarning(
+        f"{redact_url(raw_url)}: the credentials hold {shown} unencoded; the agent's URL parser refuses them",
+        "percent-encode the user and password in the URL (e.g. `python3 -c 'import urllib.parse,sys; "
+        'print(urllib.parse.quote(sys.argv[1], safe=""))\' PASSWORD`), or let `boshreg userdata render` write it',
+        code="unencoded-credentials",
+        fatal=True,
+    )
+
+
+def reachability_warnings(
+    endpoint: Endpoint, *, raw: str | None = None, resolve: bool = True, timeout: float = 2.0
+) -> list[EndpointWarning]:
+    """Why VMs may fail to reach or use ``endpoint``; empty when nothing looks wrong from here.
+
+    ``raw``: the endpoint as written (in user data or a manifest), checked for unencoded credentials.
+    """
     warnings: list[EndpointWarning] = []
     where = endpoint.redacted()
     routable_fix = f"give the registry host's address on the VMs' network, e.g. {_EXAMPLE}"
-    address = _ip_or_none(endpoint.host)
+    address = ip_or_none(endpoint.host)
     if endpoint.host == "localhost" or (address is not None and address.is_loopback):
         warnings.append(
             EndpointWarning(
                 f"{where} is a loopback address: a VM connecting to it reaches itself, not the registry "
                 "(only a deployer's SSH tunnel makes that work)",
                 routable_fix,
+                code="loopback",
+                fatal=True,
             )
         )
     elif address is not None and address.is_unspecified:
         warnings.append(
-            EndpointWarning(f"{where}: {endpoint.host} is a listen-on-all address, not one to connect to", routable_fix)
+            EndpointWarning(
+                f"{where}: {endpoint.host} is a listen-on-all address, not one to connect to",
+                routable_fix,
+                code="unspecified",
+                fatal=True,
+            )
         )
     elif address is None and resolve:
         resolved = _resolve(endpoint.host, endpoint.port, timeout)
@@ -219,12 +266,15 @@ def reachability_warnings(endpoint: Endpoint, *, resolve: bool = True, timeout: 
                 EndpointWarning(
                     f"{where}: {endpoint.host} does not resolve here",
                     "make sure VMs resolve it (the user data's dns.nameserver), or give an IP address",
+                    code="unresolvable",
                 )
             )
         elif resolved and all(_is_loopback_ip(ip) for ip in resolved):
             warnings.append(
                 EndpointWarning(
-                    f"{where}: {endpoint.host} resolves to loopback here ({', '.join(resolved)})", routable_fix
+                    f"{where}: {endpoint.host} resolves to loopback here ({', '.join(resolved)})",
+                    routable_fix,
+                    code="resolves-to-loopback",
                 )
             )
     if endpoint.port == OLD_DEFAULT_PORT:
@@ -232,6 +282,7 @@ def reachability_warnings(endpoint: Endpoint, *, resolve: bool = True, timeout: 
             EndpointWarning(
                 f"{where} uses port {OLD_DEFAULT_PORT}, the old deployer's default",
                 "use the port the registry listens on (http.port, 25777 by default)",
+                code="old-port",
             )
         )
     if (endpoint.user, endpoint.password) in _WELL_KNOWN:
@@ -240,20 +291,17 @@ def reachability_warnings(endpoint: Endpoint, *, resolve: bool = True, timeout: 
                 f"{where} uses the well-known credentials admin:admin: anyone who can reach the registry can read "
                 "every VM's settings",
                 "use a generated password (`boshreg serve` prints one in its registry block)",
+                code="well-known-credentials",
             )
         )
+    unencoded = userinfo_warning(raw) if raw is not None else None
+    if unencoded is not None:
+        warnings.append(unencoded)
     return warnings
 
 
-def _ip_or_none(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(host)
-    except ValueError:
-        return None
-
-
 def _is_loopback_ip(text: str) -> bool:
-    address = _ip_or_none(text)
+    address = ip_or_none(text)
     return address is not None and address.is_loopback
 
 

@@ -9,16 +9,14 @@ agent side decodes and validates with the same code inside VMs.
 from __future__ import annotations
 
 import base64
-import ipaddress
 import json
 from collections.abc import Mapping
 from typing import Any
 
-from boshreg.endpoint import Endpoint, EndpointError, parse_endpoint
-
-# Nova refuses user data over 65,535 characters once base64-encoded: 49,149 raw bytes at most.
-NOVA_MAX_BASE64 = 65_535
-NOVA_MAX_RAW = NOVA_MAX_BASE64 // 4 * 3
+from boshreg.bootstrap import nova
+from boshreg.bootstrap.endpoint import Endpoint, EndpointError, parse_endpoint
+from boshreg.bootstrap.net import is_ip_address
+from boshreg.bootstrap.registry_key import registry_key_problem
 
 # Keys the agent reads from user data itself; the rest of a registry-less document is agent settings.
 BOOTSTRAP_KEYS = ("server", "registry", "dns", "openssh")
@@ -38,6 +36,8 @@ def build_user_data(
     """The document the CPI sends: registry mode with ``endpoint``, registry-less with ``settings``."""
     if not name:
         raise UserDataError("server.name is empty: the agent keys the registry by it")
+    if endpoint is not None and (problem := registry_key_problem(name)) is not None:
+        raise UserDataError(f"server.name: the registry refuses it as a key ({problem})")
     if endpoint is None and settings is None:
         raise UserDataError("neither a registry endpoint nor agent settings: the agent would find nothing")
     document: dict[str, Any] = {}
@@ -73,10 +73,10 @@ def first_dns(networks: Mapping[str, Any]) -> list[str]:
     return []
 
 
-def encode(document: Mapping[str, Any]) -> bytes:
-    """The document as compact JSON bytes, checked against nova's size limit."""
+def encode(document: Mapping[str, Any], cloud: str = "openstack") -> bytes:
+    """The document as compact JSON bytes, checked against the cloud's size limit."""
     raw = json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    check_size(raw)
+    check_size(raw, cloud, registry_less=is_registry_less(document))
     return raw
 
 
@@ -85,14 +85,19 @@ def encode_base64(document: Mapping[str, Any]) -> str:
     return base64.b64encode(encode(document)).decode("ascii")
 
 
-def check_size(raw: bytes) -> None:
-    """Raise before any API call when nova would refuse the user data for its size."""
+def check_size(raw: bytes, cloud: str = "openstack", *, registry_less: bool = False) -> None:
+    """Raise before any API call when the cloud would refuse the user data for its size."""
+    limit, said = nova.max_user_data(cloud)
+    if len(raw) <= limit:
+        return
     encoded = (len(raw) + 2) // 3 * 4
-    if encoded > NOVA_MAX_BASE64:
-        raise UserDataError(
-            f"user data is {len(raw):,} bytes ({encoded:,} once base64-encoded); nova accepts at most "
-            f"{NOVA_MAX_RAW:,} bytes ({NOVA_MAX_BASE64:,} encoded). Use registry mode for large settings"
-        )
+    way_out = (
+        "the settings do not fit in user data: use registry mode (--endpoint instead of --settings; the CPI "
+        "PUTs the settings to the registry and the user data only names it)"
+        if registry_less
+        else "shorten the user data (it should hold only server.name, registry.endpoint, dns and openssh)"
+    )
+    raise UserDataError(f"user data is {len(raw):,} bytes ({encoded:,} once base64-encoded); {said}; {way_out}")
 
 
 def decode(raw: bytes | str, field: str = "user data") -> dict[str, Any]:
@@ -144,12 +149,3 @@ def validate(document: Mapping[str, Any]) -> list[str]:
     if openssh is not None and not (isinstance(openssh, Mapping) and isinstance(openssh.get("public_key"), str)):
         problems.append("openssh.public_key must be a string")
     return problems
-
-
-def is_ip_address(value: object) -> bool:
-    """True for an IPv4 or IPv6 address literal."""
-    try:
-        ipaddress.ip_address(str(value))
-    except ValueError:
-        return False
-    return True

@@ -1,0 +1,91 @@
+"""The layout's rules, checked on the source: who may import whom, and one definition per word and fact."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "boshreg"
+
+
+def modules(*parts: str) -> Iterator[Path]:
+    for part in parts:
+        target = PACKAGE / part
+        yield from sorted(target.rglob("*.py")) if target.is_dir() else [target]
+
+
+def imported(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+OPTIONAL_IN_VMS = ("pycdlib", "dns")  # the `agent` extra: imported only when present, never needed
+
+
+def test_what_ships_into_vms_imports_only_the_standard_library_and_itself() -> None:
+    allowed = ("boshreg.bootstrap", "boshreg.errors", "boshreg.agent")
+    for path in modules("bootstrap", "errors.py", "agent"):
+        for name in imported(path):
+            inside = name.startswith("boshreg")
+            if "bootstrap" in path.parts or path.name == "errors.py":
+                assert not inside or name.startswith(allowed[:2]), f"{path.name} imports {name}"
+            assert not inside or name.startswith(allowed), f"{path.name} imports {name}"
+            if not inside:
+                top = name.split(".")[0]
+                assert top in sys.stdlib_module_names or top in OPTIONAL_IN_VMS, f"{path.name} imports {name}"
+
+
+@pytest.mark.parametrize("forbidden", ["boshreg.agent", "boshreg.cpi", "boshreg.testcloud", "boshreg.cli"])
+def test_the_registry_does_not_import_the_other_sides(forbidden: str) -> None:
+    for path in modules("registry"):
+        assert not any(name.startswith(forbidden) for name in imported(path)), f"{path.name} imports {forbidden}"
+
+
+def string_constants(path: Path) -> Iterator[tuple[int, str]]:
+    """Every string literal that is not a docstring (f-string parts included)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            yield node.lineno, node.value
+
+
+# A word, label, path or address, and the one module allowed to spell it in code.
+ONE_DEFINITION = [
+    ("portable", "bootstrap/verdict.py"),
+    ("pinned", "bootstrap/verdict.py"),
+    ("broken", "bootstrap/verdict.py"),
+    ("config-2", "bootstrap/nova.py"),
+    ("/var/vcap/bosh/user_data.json", "bootstrap/nova.py"),
+    ("/var/vcap/bosh/agent.json", "bootstrap/nova.py"),
+    ("169.254.169.254", "bootstrap/nova.py"),
+    ("ec2/latest/user-data", "bootstrap/nova.py"),
+    ("2.57", "bootstrap/nova.py"),
+]
+
+
+@pytest.mark.parametrize(("text", "home"), ONE_DEFINITION, ids=[text for text, _ in ONE_DEFINITION])
+def test_each_word_and_fact_is_spelled_in_one_module(text: str, home: str) -> None:
+    found = [
+        f"{path.relative_to(PACKAGE)}:{line}"
+        for path in modules(".")
+        for line, value in string_constants(path)
+        if text in value.split() or value == text or (len(text) > 8 and text in value)
+    ]
+    assert all(place.startswith(home) for place in found), found
