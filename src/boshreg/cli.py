@@ -784,8 +784,9 @@ def testcloud_boot(
     else:
         click.echo("\n".join(f"   {line}" for line in report.trace.to_text().splitlines()))
         if report.ok:
-            line = report.trace.verdict_detail["line"] if report.trace.verdict_detail else report.trace.verdict
-            click.echo(f"5. result    the agent got the settings the CPI stored ({line})")
+            judged = report.trace.judged
+            said = f"{judged.word}, fed by {judged.fed_by}" if judged is not None else report.trace.verdict
+            click.echo(f"5. result    the agent got the settings the CPI stored ({said})")
         else:
             click.echo(f"5. result    FAILED: {report.error}")
     ctx.exit(0 if report.ok else 1)

@@ -68,7 +68,7 @@ class Trace:
         lines = []
         for step in self.steps:
             tries = f", {step.attempts} attempts" if step.attempts > 1 else ""
-            lines.append(f"{step.step:<8} {step.outcome:<7} {step.name} ({_ms(step.seconds)}{tries}): {step.detail}")
+            lines.append(f"{step.step:<13} {step.outcome:<9} {step.name} ({_ms(step.seconds)}{tries}): {step.detail}")
         if self.source:
             lines.append(f"user data from: {self.source}")
         if self.judged is not None:
@@ -187,7 +187,13 @@ def resolve(
                 settings = _registry_settings(document, fed, key, clock, trace, cacert, source_address)
             except ResolveError as exc:
                 trace.record(
-                    judge(fed, drive_attached=source.kind == CONFIG_DRIVE, without_drive=without, boot_problem=str(exc))
+                    judge(
+                        fed,
+                        drive_attached=source.kind == CONFIG_DRIVE,
+                        without_drive=without,
+                        boot_problem=str(exc),
+                        warnings=warnings,
+                    )
                 )
                 raise
         trace.record(verdict)

@@ -49,8 +49,8 @@ STEMCELL_ORDER = source_order(nova.OPENSTACK_STEMCELL_SETTINGS)
 
 # The costs of an attached config drive, each said once (DESIGN.md, "What a config drive costs").
 COST_DEPENDENCY = (
-    "a drive is built on the VM's hypervisor: a VM that depends on it cannot find its registry or settings "
-    "when the drive goes away (a provider turning config drives off, a rebuild)"
+    "the drive is built on the VM's hypervisor and goes away with it (a provider turning config drives off, a "
+    "rebuild): only what another source also gives survives"
 )
 COST_MIGRATION = (
     "a config drive may block live migration on older clouds (without shared storage, or an ISO 9660 drive)"

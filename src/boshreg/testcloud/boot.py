@@ -120,7 +120,7 @@ def boot(
         )
         raw = userdata.encode(bootstrap.user_data)
         mode = "registry-less" if registry_less else "registry"
-        say(f"   CPI       {mode} user data, {len(raw)} bytes, {delivery.value} delivery: {bootstrap.verdict.line()}")
+        say(f"   CPI       {mode} user data, {len(raw)} bytes, {delivery.value} delivery")
         vm = TestVm(name, raw, default_meta_data(name))
         drive: Path | None = None
         metadata = MetadataServer("127.0.0.1", 0, [vm]).start()
