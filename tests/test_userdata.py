@@ -19,6 +19,7 @@ from boshreg.bootstrap.userdata import (
     first_dns,
     validate,
 )
+from boshreg.bootstrap.verdict import boot_problems
 
 ENDPOINT = parse_endpoint("http://admin:s%40cret@10.0.0.5:25777")
 
@@ -100,13 +101,24 @@ def test_a_server_name_the_registry_refuses_is_refused_when_rendering() -> None:
             build_user_data(name, ENDPOINT)
 
 
+def test_an_endpoint_without_credentials_is_a_warning_not_a_stop() -> None:
+    document = {"server": {"name": "vm"}, "registry": {"endpoint": "http://10.0.0.5:25777"}}
+    assert validate(document) == []
+    problems, warnings = boot_problems(document)
+    assert problems == []
+    assert warnings == [
+        "http://10.0.0.5:25777 carries no credentials: only a registry that checks callers' addresses against the "
+        "cloud (cloud.plugin) serves this VM; any other answers 401"
+    ]
+    assert build_user_data("vm", parse_endpoint("http://10.0.0.5:25777", require_credentials=False), anonymous=True)
+
+
 @pytest.mark.parametrize(
     ("document", "problem"),
     [
         ({"registry": {"endpoint": "http://a:b@h:1"}}, "server.name is missing"),
         ({"server": {"name": ""}, "registry": {"endpoint": "http://a:b@h:1"}}, "server.name is missing"),
         ({"server": {"name": "vm"}}, "registry.endpoint is missing and there is no agent_id"),
-        ({"server": {"name": "vm"}, "registry": {"endpoint": "http://h:1"}}, "has no credentials"),
         ({"server": {"name": "vm"}, "agent_id": "a", "dns": {"nameserver": "10.0.0.2"}}, "must be a list"),
         ({"server": {"name": "vm"}, "agent_id": "a", "dns": {"nameserver": ["dns.local"]}}, "'dns.local' is not an IP"),
         ({"server": {"name": "vm"}, "agent_id": "a", "openssh": {"public_key": 5}}, "openssh.public_key must be"),

@@ -5,11 +5,13 @@ Every error a user can cause is printed as one line naming the problem and the f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import signal
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO, TextIO, TypeVar
 
@@ -49,7 +51,9 @@ from boshreg.registry.server import ServeError, bind, open_store, serve, startup
 from boshreg.registry.store import SettingsStore
 from boshreg.testcloud.boot import boot
 from boshreg.testcloud.configdrive import drive_files, write_iso
-from boshreg.testcloud.metadata import MetadataServer
+from boshreg.testcloud.drill import ADDRESS_CHECK, DEFAULT_AGENT_DEADLINE, DRIVE_FAULTS, MODES, drill
+from boshreg.testcloud.metadata import MetadataFaults, MetadataServer
+from boshreg.testcloud.netlab import DEFAULT_SUBNET
 from boshreg.testcloud.storm import MAX_VMS, storm
 from boshreg.testcloud.vms import TestCloudError, TestVm, default_meta_data, parse_listen, parse_vm_spec
 from boshreg.why import (
@@ -844,6 +848,101 @@ def testcloud_storm(
     else:
         click.echo(report.to_text())
     ctx.exit(0 if report.ok else 1)
+
+
+@testcloud_group.command("drill")
+@click.option("--vms", type=click.IntRange(1, 60), default=6, show_default=True, help="How many VMs (namespaces).")
+@click.option(
+    "--subnet",
+    default=DEFAULT_SUBNET,
+    show_default=True,
+    help="A private IPv4 range of your own for the bridge and the VMs (never routed anywhere).",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(MODES),
+    default=ADDRESS_CHECK,
+    show_default=True,
+    help="How VMs read: without credentials, checked against the Nova stand-in; or with per-VM credentials.",
+)
+@click.option("--metadata-delay", type=click.FloatRange(0, 30), default=0.0, help="Fault: seconds before every answer.")
+@click.option("--metadata-flap", is_flag=True, help="Fault: every other metadata answer is a 503.")
+@click.option(
+    "--metadata-rate-limit", type=click.IntRange(0, 10_000), default=0, help="Fault: answer 429 past N requests/s."
+)
+@click.option("--metadata-missing", multiple=True, metavar="VM", help="Fault: the metadata service answers 404 for VM.")
+@click.option(
+    "--drive-fault", type=click.Choice(DRIVE_FAULTS), help="Fault: every drive has another label, or no user data."
+)
+@click.option(
+    "--registry-late",
+    type=click.FloatRange(0, 60),
+    default=0.0,
+    help="Fault: the registry is down for the first SECONDS.",
+)
+@work_dir_option
+@deadline_option(DEFAULT_AGENT_DEADLINE, "Each agent's deadline, in seconds.")
+@json_option
+@click.pass_context
+def testcloud_drill(
+    ctx: click.Context,
+    vms: int,
+    subnet: str,
+    mode: str,
+    metadata_delay: float,
+    metadata_flap: bool,
+    metadata_rate_limit: int,
+    metadata_missing: tuple[str, ...],
+    drive_fault: str | None,
+    registry_late: float,
+    work_dir: Path | None,
+    deadline: float,
+    as_json: bool,
+) -> None:
+    """Rehearse the outage: the provider turns config drives off. Root only.
+
+    Creates VMs as network namespaces on a bridge with no uplink (some the legacy way, some with a config
+    drive, some metadata-only), predicts each one's verdict with `inspect`, boots them (phase 1), detaches
+    every drive and boots again (phase 2), re-renders metadata-only and boots again (phase 3). Exit 0
+    only when every prediction held. Everything made is removed at exit.
+
+    \b
+    Examples:
+      sudo boshreg testcloud drill
+      sudo boshreg testcloud drill --vms 3 --mode per-vm --json
+    """
+    faults = MetadataFaults(metadata_delay, metadata_flap, metadata_rate_limit, frozenset(metadata_missing))
+    with _terminated_as_interrupt(), tempfile.TemporaryDirectory(prefix="boshreg-drill-") as temporary:
+        report = drill(
+            work_dir or Path(temporary),
+            vms=vms,
+            subnet=subnet,
+            mode=mode,
+            faults=faults,
+            deadline=deadline,
+            drive_fault=drive_fault,
+            registry_late=registry_late,
+            say=(lambda _line: None) if as_json else click.echo,
+        )
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        click.echo(report.to_text())
+    ctx.exit(0 if report.all_predictions_held else 1)
+
+
+@contextlib.contextmanager
+def _terminated_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so whatever a command made is removed on the way out."""
+
+    def interrupt(_signal: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _print_json(document: object) -> None:

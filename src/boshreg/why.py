@@ -333,13 +333,18 @@ def vm_side_from_trace(path: Path) -> VmSide:
         ) from None
     if not isinstance(trace, dict) or "steps" not in trace:
         raise WhyError(f"--trace {path} is not an agent trace", "give the standard error of `agent resolve --json`")
+    return vm_side_from_trace_document(trace, str(path))
+
+
+def vm_side_from_trace_document(trace: Mapping[str, Any], where: str) -> VmSide:
+    """The VM's side from an agent trace already read (``agent resolve --json``, or the drill's)."""
     url = trace.get("registry_url")
     key = _key_from_url(url) if isinstance(url, str) else None
     detail = trace.get("verdict_detail")
     reasons = tuple(str(r) for r in detail.get("reasons", [])) if isinstance(detail, dict) else ()
     broken = isinstance(detail, dict) and detail.get("verdict") == Word.BROKEN
     return VmSide(
-        str(path),
+        where,
         key,
         url.rsplit("/instances/", 1)[0] if isinstance(url, str) else None,
         reasons if broken else (),

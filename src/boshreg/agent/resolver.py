@@ -22,7 +22,7 @@ from boshreg.agent.registry import RegistryFetchError, fetch_settings
 from boshreg.agent.sources import SettingsSource, SourceData, SourceUnavailable
 from boshreg.bootstrap import userdata
 from boshreg.bootstrap.endpoint import Endpoint, parse_endpoint, reachability_warnings
-from boshreg.bootstrap.verdict import CONFIG_DRIVE, Reading, Verdict, boot_problems, judge
+from boshreg.bootstrap.verdict import CONFIG_DRIVE, Reading, Verdict, boot_problems, injected_losses, judge
 from boshreg.errors import BoshregError
 
 DEFAULT_DEADLINE = 60.0
@@ -56,6 +56,8 @@ class Trace:
     registry_url: str | None = None
     verdict: str | None = None
     verdict_detail: dict[str, Any] | None = None
+    public_key: str | None = None  # what the source that fed the VM gives as its SSH key
+    injected_files: list[str] = field(default_factory=list)  # files only a config drive carries
     seconds: float = 0.0
     judged: Verdict | None = field(default=None, repr=False)
 
@@ -165,6 +167,7 @@ def resolve(
             trace.record(judge(None, drive_attached=False, without_drive=None, boot_problem="no user data"))
             raise ResolveError(_nothing_found(trace), trace)
         trace.source, trace.source_kind = found.location, source.kind
+        trace.public_key, trace.injected_files = found.public_key, [path for path, _ in found.injected]
         if found.settings_file is not None:
             settings = _settings_file(found.settings_file, trace)
             trace.record(judge(_reading(source, found, None, key), drive_attached=False, without_drive=None))
@@ -178,7 +181,15 @@ def resolve(
         if problems:
             return _broken(trace, step_index, source, found, "; ".join(problems))
         without = _without_drive(sources, clock, trace, key) if counterfactual and source.kind == CONFIG_DRIVE else None
-        verdict = judge(fed, drive_attached=source.kind == CONFIG_DRIVE, without_drive=without, warnings=warnings)
+        drive_only = injected_losses(dict(found.injected), document)
+        verdict = judge(
+            fed,
+            drive_attached=source.kind == CONFIG_DRIVE,
+            without_drive=without,
+            warnings=warnings,
+            drive_only=drive_only,
+            personality=bool(found.injected),
+        )
         if userdata.is_registry_less(document):
             trace.steps.append(Step("registry", "none", "skipped", "user data carries the settings (agent_id)", 0.0))
             settings = {k: v for k, v in document.items() if k not in userdata.BOOTSTRAP_KEYS}
@@ -317,7 +328,7 @@ def _registry_settings(
     cacert: str | None,
     source_address: str | None,
 ) -> dict[str, Any]:
-    endpoint = parse_endpoint(document["registry"]["endpoint"])  # validated with the user data
+    endpoint = parse_endpoint(document["registry"]["endpoint"], require_credentials=False)  # validated already
     if fed.registry_key is None:
         raise ResolveError(
             f"the registry is keyed by the instance id, but {fed.where} gave none; "

@@ -36,6 +36,7 @@ class SourceData:
     instance_id: str | None = None
     public_key: str | None = None
     settings_file: str | None = None  # a File source with no user data: the agent reads settings from here
+    injected: tuple[tuple[str, bytes], ...] = ()  # injected (personality) files on a config drive: path, content
 
 
 class SourceUnavailable(Exception):
@@ -210,6 +211,7 @@ class ConfigDriveSource:
         with drive:
             meta_raw = drive.read(self.meta_data_path)
             user_data = drive.read(self.user_data_path)
+            injected = _injected_files(drive)
         missing = [
             p for p, content in ((self.meta_data_path, meta_raw), (self.user_data_path, user_data)) if not content
         ]
@@ -217,7 +219,8 @@ class ConfigDriveSource:
             raise SourceUnavailable(f"{drive.where} has no {' and no '.join(missing)}")
         meta = _json_object(meta_raw, f"{drive.where}/{self.meta_data_path}")
         _json_object(user_data, f"{drive.where}/{self.user_data_path}")  # the agent parses it to call the drive there
-        return SourceData(f"{drive.where}/{self.user_data_path}", user_data, _instance_id(meta), _public_key(meta))
+        where = f"{drive.where}/{self.user_data_path}"
+        return SourceData(where, user_data, _instance_id(meta), _public_key(meta), injected=injected)
 
 
 class FileSource:
@@ -281,6 +284,26 @@ class UnsupportedSource:
             absent=True,
             unsupported=True,
         )
+
+
+def _injected_files(drive: configdrive.Drive) -> tuple[tuple[str, bytes], ...]:
+    """The files Nova injected, as its OpenStack layout lists them (meta_data.json ``files``)."""
+    raw = drive.read(nova.DRIVE_OPENSTACK_META_DATA)
+    try:
+        listed = json.loads(raw).get("files") if raw else None
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return ()
+    found: list[tuple[str, bytes]] = []
+    for entry in listed if isinstance(listed, list) else []:
+        if (
+            isinstance(entry, dict)
+            and isinstance(entry.get("path"), str)
+            and isinstance(entry.get("content_path"), str)
+        ):
+            content = drive.read("openstack/" + entry["content_path"].lstrip("/"))
+            if content is not None:
+                found.append((entry["path"], content))
+    return tuple(found)
 
 
 def _text_or_none(body: bytes | None) -> str | None:

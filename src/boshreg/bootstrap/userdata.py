@@ -32,8 +32,14 @@ def build_user_data(
     networks: Mapping[str, Any] | None = None,
     public_key: str | None = None,
     settings: Mapping[str, Any] | None = None,
+    *,
+    anonymous: bool = False,
 ) -> dict[str, Any]:
-    """The document the CPI sends: registry mode with ``endpoint``, registry-less with ``settings``."""
+    """The document the CPI sends: registry mode with ``endpoint``, registry-less with ``settings``.
+
+    ``anonymous``: an endpoint without credentials is meant (the registry checks the caller's address
+    against the cloud instead, as the original did for unauthenticated reads).
+    """
     if not name:
         raise UserDataError("server.name is empty: the agent keys the registry by it")
     if endpoint is not None and (problem := registry_key_problem(name)) is not None:
@@ -54,8 +60,11 @@ def build_user_data(
         document.update(settings)
     document["server"] = {"name": name}
     if endpoint is not None:
-        if not endpoint.has_credentials:
-            raise UserDataError(f"registry endpoint {endpoint} has no credentials: the agent would be refused")
+        if not endpoint.has_credentials and not anonymous:
+            raise UserDataError(
+                f"registry endpoint {endpoint} has no credentials: the agent would be refused, unless the "
+                "registry checks callers' addresses against the cloud (cloud.plugin)"
+            )
         document["registry"] = {"endpoint": endpoint.url()}
     nameservers = first_dns(networks or {})
     if nameservers:
@@ -134,8 +143,8 @@ def validate(document: Mapping[str, Any]) -> list[str]:
         if not isinstance(raw_endpoint, str):
             problems.append("registry.endpoint is missing and there is no agent_id: the agent finds no settings")
         else:
-            try:
-                parse_endpoint(raw_endpoint)
+            try:  # no credentials is a risk, not a stop: a registry with the address check serves it
+                parse_endpoint(raw_endpoint, require_credentials=False)
             except EndpointError as exc:
                 problems.append(str(exc))
     dns = document.get("dns")

@@ -13,6 +13,7 @@ a word, a cost or a rule of its own. Standard library only.
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -151,9 +152,14 @@ def boot_problems(
         return problems, warnings
     raw = document["registry"]["endpoint"]
     try:
-        endpoint = parse_endpoint(raw)
+        endpoint = parse_endpoint(raw, require_credentials=False)
     except EndpointError as exc:  # validate already said it; keep the exact words
         return [str(exc)], warnings
+    if not endpoint.has_credentials:
+        warnings.append(
+            f"{endpoint} carries no credentials: only a registry that checks callers' addresses against the cloud "
+            "(cloud.plugin) serves this VM; any other answers 401"
+        )
     for warning in reachability_warnings(endpoint, raw=raw, resolve=resolve):
         stops = warning.fatal and (not live or warning.code == "unencoded-credentials")
         (problems if stops else warnings).append(str(warning))
@@ -244,6 +250,29 @@ def flat_differences(
         if left[key] != right[key]:
             found.append(f"{key} differs: {first_name} {_show(left[key])}, {second_name} {_show(right[key])}")
     return found
+
+
+def injected_losses(injected: Mapping[str, bytes], user_data: Mapping[str, Any] | None) -> list[str]:
+    """What injected (personality) files carry that no other source delivers.
+
+    The old CPI's copy of the user data at the personality path is compared key by key with the user
+    data the agent reads; any other injected file exists only on the drive.
+    """
+    lost: list[str] = []
+    for path, content in sorted(injected.items()):
+        if path == nova.PERSONALITY_PATH:
+            try:
+                document = json.loads(content)
+            except (ValueError, UnicodeDecodeError):
+                document = None
+            if isinstance(document, dict):
+                if user_data is None:
+                    lost.append(f"the user data itself (only in the injected {path})")
+                else:
+                    lost += [f"{key} (only in the injected {path})" for key in only_in(document, user_data)]
+                continue
+        lost.append(f"the injected file {path}")
+    return lost
 
 
 def only_in(first: Mapping[str, Any], second: Mapping[str, Any]) -> list[str]:

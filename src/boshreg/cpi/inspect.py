@@ -23,8 +23,8 @@ from boshreg.bootstrap.verdict import (
     Verdict,
     Word,
     flat_differences,
+    injected_losses,
     nova_readings,
-    only_in,
     predict,
 )
 from boshreg.errors import BoshregError
@@ -59,6 +59,7 @@ class Inspection:
     channels: list[str] = field(default_factory=list)
     copies: list[Copy] = field(default_factory=list)
     other_files: list[str] = field(default_factory=list)
+    injected: list[tuple[str, bytes]] = field(default_factory=list, repr=False)
     differences: list[str] = field(default_factory=list)
     verdict: Verdict = field(default_factory=lambda: Verdict(Word.BROKEN, reasons=("not inspected",)))
 
@@ -144,6 +145,7 @@ def _personality(server: Mapping[str, Any], result: Inspection) -> Copy | None:
         if not isinstance(entry, Mapping) or not isinstance(entry.get("path"), str):
             raise RequestError(f"{where} has no path")
         raw = _base64(f"{where}.contents", entry.get("contents"))
+        result.injected.append((entry["path"], raw))
         if entry["path"] != nova.PERSONALITY_PATH:
             result.other_files.append(f"{entry['path']} ({len(raw)} bytes)")
             continue
@@ -164,14 +166,8 @@ def _judge(
         drive_attached=drive_attached,
         missing="the request has no user_data: the metadata service answers 404 for it",
     )
-    injected = f"only in the injected {nova.PERSONALITY_PATH}"
-    drive_only: list[str] = []
-    if personality is not None:
-        if metadata is None:
-            drive_only.append(f"the user data itself ({injected})")
-        else:
-            drive_only += [f"{key} ({injected})" for key in only_in(personality.document, metadata.document)]
-    drive_only += [f"the injected file {name}" for name in result.other_files]
+    injected = dict(result.injected)
+    drive_only = injected_losses(injected, metadata.document if metadata is not None else None)
     return predict(
         readings,
         order=order,

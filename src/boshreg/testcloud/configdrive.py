@@ -20,9 +20,17 @@ from boshreg.testcloud.vms import TestVm, meta_data_for_version
 def drive_files(vm: TestVm) -> dict[str, bytes]:
     """Every file of the VM's config drive, by path relative to the drive's root."""
     files: dict[str, bytes] = {}
+    listed = []
+    for number, (path, content) in enumerate(sorted(vm.injected.items())):
+        content_path = f"/content/{number:04d}"
+        files[f"openstack{content_path}"] = content
+        listed.append({"path": path, "content_path": content_path})
     for version in OPENSTACK_VERSIONS:
         base = f"openstack/{version}"
-        files[f"{base}/meta_data.json"] = json.dumps(meta_data_for_version(vm.meta_data, version)).encode()
+        meta = meta_data_for_version(vm.meta_data, version)
+        if listed:
+            meta["files"] = listed
+        files[f"{base}/meta_data.json"] = json.dumps(meta).encode()
         files[f"{base}/vendor_data.json"] = b"{}"
         if version == "latest" or version >= "2015-10-15":
             files[f"{base}/network_data.json"] = json.dumps({"links": [], "networks": [], "services": []}).encode()
@@ -55,12 +63,15 @@ def write_directory(files: dict[str, bytes], root: Path) -> Path:
     return root
 
 
-def write_iso(files: dict[str, bytes], output: Path) -> Path:
-    """The drive as an ISO 9660 image, as ``genisoimage -V config-2 -r -J`` makes it."""
+def write_iso(files: dict[str, bytes], output: Path, *, label: str = LABEL) -> Path:
+    """The drive as an ISO 9660 image, as ``genisoimage -V config-2 -r -J`` makes it.
+
+    ``label``: another volume label makes the drive a fault (the agent does not take it for a config drive).
+    """
     import pycdlib  # imported here: only image building needs it
 
     iso = pycdlib.PyCdlib()
-    iso.new(interchange_level=3, vol_ident=LABEL, rock_ridge="1.09", joliet=3, sys_ident="LINUX")
+    iso.new(interchange_level=3, vol_ident=label, rock_ridge="1.09", joliet=3, sys_ident="LINUX")
     made: set[str] = set()
     for relative in sorted(files):
         parts = relative.split("/")

@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from starlette.types import Receive, Scope, Send
@@ -18,17 +21,56 @@ from starlette.types import Receive, Scope, Send
 from boshreg.bootstrap.nova import EC2_VERSIONS, OPENSTACK_VERSIONS
 from boshreg.testcloud.vms import TestVm, meta_data_for_version
 
+LOG_MAX = 10_000
 _EC2_META_KEYS = ("ami-id", "hostname", "instance-id", "instance-type", "local-hostname", "local-ipv4",
                   "placement/", "public-keys/", "reservation-id")  # fmt: skip
+
+
+@dataclass
+class MetadataFaults:
+    """Faults on demand, as real metadata services show them; each one is off by default."""
+
+    delay: float = 0.0  # seconds before every answer (a slow service)
+    flap: bool = False  # every other answer is a 503 (a service restarting behind a proxy)
+    rate_limit: int = 0  # more than this many requests a second from one caller are answered 429
+    missing: frozenset[str] = frozenset()  # VMs (by name) the service answers 404 for, as if it lost them
+
+    def describe(self) -> list[str]:
+        said = [f"delay {self.delay:g} s"] if self.delay else []
+        said += ["flapping (every other answer 503)"] if self.flap else []
+        said += [f"rate limit {self.rate_limit}/s per caller (then 429)"] if self.rate_limit else []
+        said += [f"404 for {', '.join(sorted(self.missing))}"] if self.missing else []
+        return said
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request the service answered: who asked for what, and the status."""
+
+    at: float
+    client: str
+    path: str
+    status: int
 
 
 class MetadataService:
     """The answers, independent of HTTP: ``answer(path, client_ip)`` gives status, type and body."""
 
-    def __init__(self, vms: Sequence[TestVm], *, openstack: bool = True) -> None:
+    def __init__(self, vms: Sequence[TestVm], *, openstack: bool = True, faults: MetadataFaults | None = None) -> None:
         self.vms = list(vms)
         self.openstack = openstack  # False: EC2 paths only, as on AWS
+        self.faults = faults or MetadataFaults()
+        self.log: deque[Request] = deque(maxlen=LOG_MAX)  # the request log the drill and `why` show
         self._by_ip = {vm.ip: vm for vm in self.vms if vm.ip}
+        self._lock = threading.Lock()
+        self._answered = 0
+        self._per_second: dict[tuple[str, int], int] = {}
+
+    def replace(self, vms: Sequence[TestVm]) -> None:
+        """Serve other VMs (or the same VMs with new user data) from now on, as after a re-render."""
+        with self._lock:
+            self.vms = list(vms)
+            self._by_ip = {vm.ip: vm for vm in self.vms if vm.ip}
 
     def vm_for(self, client_ip: str) -> TestVm | None:
         if client_ip in self._by_ip:
@@ -38,6 +80,31 @@ class MetadataService:
         return None
 
     def answer(self, path: str, client_ip: str) -> tuple[int, str, bytes]:
+        if self.faults.delay:
+            time.sleep(self.faults.delay)
+        answer = self._fault(path, client_ip) or self._answer(path, client_ip)
+        self.log.append(Request(time.time(), client_ip, path, answer[0]))
+        return answer
+
+    def _fault(self, path: str, client_ip: str) -> tuple[int, str, bytes] | None:
+        with self._lock:
+            self._answered += 1
+            answered = self._answered
+            window = (client_ip, int(time.monotonic()))
+            self._per_second[window] = self._per_second.get(window, 0) + 1
+            if len(self._per_second) > LOG_MAX:
+                self._per_second.clear()
+            burst = self._per_second[window]
+        if self.faults.flap and answered % 2 == 0:
+            return 503, "text/plain; charset=utf-8", b"503 Service Unavailable"
+        if self.faults.rate_limit and burst > self.faults.rate_limit:
+            return 429, "text/plain; charset=utf-8", b"429 Too Many Requests"
+        vm = self.vm_for(client_ip)
+        if vm is not None and vm.name in self.faults.missing and path.strip("/"):
+            return _not_found()
+        return None
+
+    def _answer(self, path: str, client_ip: str) -> tuple[int, str, bytes]:
         parts = [p for p in path.split("?")[0].split("/") if p]
         if not parts:  # the root answers without knowing the caller
             return _text("\n".join(EC2_VERSIONS))
@@ -152,8 +219,16 @@ class MetadataServer(ThreadingHTTPServer):
     # Many VMs boot at once: a short accept queue drops their SYNs and each retry costs them a second.
     request_queue_size = 1024
 
-    def __init__(self, host: str, port: int, vms: Sequence[TestVm], *, openstack: bool = True) -> None:
-        self.service = MetadataService(vms, openstack=openstack)
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        vms: Sequence[TestVm],
+        *,
+        openstack: bool = True,
+        faults: MetadataFaults | None = None,
+    ) -> None:
+        self.service = MetadataService(vms, openstack=openstack, faults=faults)
         if ":" in host:
             self.address_family = socket.AF_INET6
         super().__init__((host, port), _Handler)

@@ -24,6 +24,7 @@ class TestVm:
     user_data: bytes | None = None
     meta_data: dict[str, Any] = field(default_factory=dict)
     ip: str | None = None
+    injected: dict[str, bytes] = field(default_factory=dict)  # personality files: on the drive only
 
     def __post_init__(self) -> None:
         self.meta_data = {**default_meta_data(self.name), **self.meta_data}
