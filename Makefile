@@ -44,7 +44,7 @@ faults: $(STAMP) databases
 databases:
 	@bash scripts/ensure-databases.sh
 
-## Install the Debian tools the tests use (genisoimage) when missing, as root.
+## Install the Debian tools the tests use (genisoimage, iproute2) when missing, as root.
 tools:
 	@bash scripts/ensure-tools.sh
 

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Install the Debian tools the test suite uses when they are missing (as root): genisoimage, the tool
-# Nova builds config drives with. Never fails the build by itself: the suite skips a missing tool
+# Nova builds config drives with; iproute2 (ip netns, bridges) for the outage drill. Never fails the build by itself: the suite skips a missing tool
 # loudly, or fails when it is listed in BOSHREG_REQUIRE (CI lists it).
 set -u
 missing=()
 command -v genisoimage >/dev/null || missing+=(genisoimage)
+command -v ip >/dev/null || missing+=(iproute2)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
     echo "tools: cannot install ${missing[*]} (not root, or no apt-get); their tests will be skipped"

@@ -158,6 +158,7 @@ def test_a_saved_agent_trace_is_joined(registry: RegistryProcess, tmp_path: Path
     put(registry, "vm-traced")
     trace = {
         "steps": [],
+        "source": "http://10.0.0.1/latest/user-data",  # it found user data, naming another key
         "registry_url": "http://admin:***@10.0.0.5:25777/instances/vm-other/settings",
         "verdict_detail": {"verdict": "broken", "reasons": ["registry GET failed"], "line": "broken; ..."},
         "error": "registry GET failed",

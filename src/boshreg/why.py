@@ -63,6 +63,7 @@ class VmSide:
     problems: tuple[str, ...] = ()
     verdict: Verdict | dict[str, Any] | None = None
     error: str | None = None  # a saved trace's failure
+    no_user_data: str | None = None  # the agent found no user data: why (from its trace)
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ class Diagnosis:
 
 # Stable codes: scripts and dashboards key on these.
 NOT_STORED = "not-stored"
+NO_USER_DATA = "no-user-data"
 NEVER_READ = "never-read"
 ENDPOINT_UNUSABLE = "endpoint-unusable"
 ASKS_ANOTHER_KEY = "asks-another-key"
@@ -95,15 +97,27 @@ THROTTLED = "throttled"
 REGISTRY_UNAVAILABLE = "registry-unavailable"
 READ_OK = "read-ok"
 CODES = (
-    NOT_STORED, NEVER_READ, ENDPOINT_UNUSABLE, ASKS_ANOTHER_KEY, REFUSED_401, REFUSED_403, IP_MISMATCH,
+    NOT_STORED, NO_USER_DATA, NEVER_READ, ENDPOINT_UNUSABLE, ASKS_ANOTHER_KEY, REFUSED_401, REFUSED_403, IP_MISMATCH,
     READ_BEFORE_STORED, THROTTLED, REGISTRY_UNAVAILABLE, READ_OK,
 )  # fmt: skip
 
 
 def diagnose(registry: RegistrySide, vm: VmSide | None = None, *, now: datetime | None = None) -> Diagnosis:
-    """Join both sides into one diagnosis: the most recent read decides, the VM's side explains silence."""
+    """Join both sides into one diagnosis.
+
+    A VM that found no user data never got as far as the registry: that decides first. Then the most
+    recent read; with none, the VM's side explains the silence.
+    """
     now = now or datetime.now(UTC)
     facts = _facts(registry, vm, now)
+    if vm is not None and vm.no_user_data is not None:
+        return Diagnosis(
+            NO_USER_DATA,
+            f"the VM found no user data, so it never learned where the registry is: {vm.no_user_data}",
+            "make the metadata service (or a config drive) serve this VM's user data; `boshreg agent resolve` "
+            "on the VM shows each source it tried",
+            facts,
+        )
     reads = registry.reads
     last = reads[0] if reads else None
     if last is not None and last.status == 200:
@@ -350,6 +364,7 @@ def vm_side_from_trace_document(trace: Mapping[str, Any], where: str) -> VmSide:
         reasons if broken else (),
         detail if isinstance(detail, dict) else None,
         str(trace["error"]) if trace.get("error") else None,
+        (reasons[0] if reasons else "no source answered") if broken and not trace.get("source") else None,
     )
 
 

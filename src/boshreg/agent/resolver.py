@@ -164,7 +164,7 @@ def resolve(
         walked = _walk(sources, clock, trace.steps, "source")
         source, found, step_index = walked.source, walked.found, walked.step_index
         if source is None or found is None:
-            trace.record(judge(None, drive_attached=False, without_drive=None, boot_problem="no user data"))
+            trace.record(judge(None, drive_attached=False, without_drive=None, boot_problem=walked.failure))
             raise ResolveError(_nothing_found(trace), trace)
         trace.source, trace.source_kind = found.location, source.kind
         trace.public_key, trace.injected_files = found.public_key, [path for path, _ in found.injected]

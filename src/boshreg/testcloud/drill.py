@@ -362,9 +362,7 @@ def _boot(lab: NetLab, vm: LabVm, agent_json: Path, deadline: float) -> PhaseRes
 def _lost(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     """What the VM had in phase 1 and no longer has: injected files, its public key."""
     lost = [
-        f"injected {path}"
-        for path in before.get("injected_files", [])
-        if path not in after.get("injected_files", [])
+        f"injected {path}" for path in before.get("injected_files", []) if path not in after.get("injected_files", [])
     ]
     if before.get("public_key") and before.get("public_key") != after.get("public_key"):
         lost.append("its public key")

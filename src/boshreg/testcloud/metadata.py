@@ -31,13 +31,13 @@ class MetadataFaults:
     """Faults on demand, as real metadata services show them; each one is off by default."""
 
     delay: float = 0.0  # seconds before every answer (a slow service)
-    flap: bool = False  # every other answer is a 503 (a service restarting behind a proxy)
+    flap: bool = False  # every other request for each path is a 503 (a service restarting behind a proxy)
     rate_limit: int = 0  # more than this many requests a second from one caller are answered 429
     missing: frozenset[str] = frozenset()  # VMs (by name) the service answers 404 for, as if it lost them
 
     def describe(self) -> list[str]:
         said = [f"delay {self.delay:g} s"] if self.delay else []
-        said += ["flapping (every other answer 503)"] if self.flap else []
+        said += ["flapping (every other request for a path: 503)"] if self.flap else []
         said += [f"rate limit {self.rate_limit}/s per caller (then 429)"] if self.rate_limit else []
         said += [f"404 for {', '.join(sorted(self.missing))}"] if self.missing else []
         return said
@@ -63,7 +63,7 @@ class MetadataService:
         self.log: deque[Request] = deque(maxlen=LOG_MAX)  # the request log the drill and `why` show
         self._by_ip = {vm.ip: vm for vm in self.vms if vm.ip}
         self._lock = threading.Lock()
-        self._answered = 0
+        self._asked: dict[str, int] = {}
         self._per_second: dict[tuple[str, int], int] = {}
 
     def replace(self, vms: Sequence[TestVm]) -> None:
@@ -88,14 +88,15 @@ class MetadataService:
 
     def _fault(self, path: str, client_ip: str) -> tuple[int, str, bytes] | None:
         with self._lock:
-            self._answered += 1
-            answered = self._answered
+            asked = self._asked[path] = self._asked.get(path, 0) + 1
+            if len(self._asked) > LOG_MAX:
+                self._asked.clear()
             window = (client_ip, int(time.monotonic()))
             self._per_second[window] = self._per_second.get(window, 0) + 1
             if len(self._per_second) > LOG_MAX:
                 self._per_second.clear()
             burst = self._per_second[window]
-        if self.faults.flap and answered % 2 == 0:
+        if self.faults.flap and asked % 2 == 1:
             return 503, "text/plain; charset=utf-8", b"503 Service Unavailable"
         if self.faults.rate_limit and burst > self.faults.rate_limit:
             return 429, "text/plain; charset=utf-8", b"429 Too Many Requests"

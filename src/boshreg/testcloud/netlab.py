@@ -111,16 +111,6 @@ def network_lab(names: Sequence[str], subnet: str = DEFAULT_SUBNET) -> Iterator[
             raise TestCloudError("net.ipv4.ip_forward changed while the lab ran; check this machine's network")
 
 
-def leftovers(tag: str) -> list[str]:
-    """Namespaces and links whose names carry ``tag``: empty once a lab is torn down."""
-    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
-    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=False).stdout
-    marker = f"bshr{tag}"
-    return [line.split()[0] for line in namespaces.splitlines() if marker in line] + [
-        line.split(":")[1].strip() for line in links.splitlines() if marker in line
-    ]
-
-
 def _subnet(text: str, vms: int) -> ipaddress.IPv4Network:
     try:
         network = ipaddress.ip_network(text, strict=True)
