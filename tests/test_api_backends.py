@@ -136,7 +136,13 @@ def test_registry_starts_while_the_database_is_down_and_serves_once_it_is_up(
     proxy.cut()
     registry = start_registry(url, request_timeout=3)
     with httpx.Client(timeout=20, auth=ADMIN) as http:
-        assert http.get(f"{registry.url}/readyz").status_code == 503
+        not_ready = http.get(f"{registry.url}/readyz")
+        assert not_ready.status_code == 503
+        # Anyone may ask /readyz: the answer names no database host, port or user.
+        assert not_ready.json() == {
+            "status": "error",
+            "error": "database unavailable; the registry's log has the cause",
+        }
         assert http.get(settings_url(registry.url, "vm-late")).status_code == 503
         proxy.restore()
         wait_for_status(http, f"{registry.url}/readyz", 200, RECOVERY_SECONDS)

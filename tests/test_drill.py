@@ -121,8 +121,10 @@ def test_a_vm_asking_for_another_vms_settings_gets_the_mismatch_answer(lab: NetL
     status, body = other.stdout.strip().split(" ", 1)
     assert status == "500"
     assert json.loads(body)["error"] == (
-        f"Instance IP mismatch, expected IP is `{vm_a.address}', actual IP(s): `{vm_b.address}'"
+        "Instance IP mismatch: the caller's address is not one the cloud gives this instance"
     )
+    log = (tmp_path / "registry.log").read_text()
+    assert f"Instance IP mismatch, expected IP is `{vm_a.address}', actual IP(s): `{vm_b.address}'" in log
 
 
 def test_outside_root_the_drill_is_refused_in_one_line(tmp_path: Path) -> None:

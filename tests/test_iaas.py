@@ -14,7 +14,7 @@ import boto3
 import httpx
 import pytest
 
-from boshreg.registry.iaas import CachedAddresses
+from boshreg.registry.iaas import CachedAddresses, InstanceUnknown
 from boshreg.testcloud.openstack import FakeServer, OpenStackStandIn
 from conftest import RegistryLauncher
 from support.http import get_from
@@ -86,7 +86,10 @@ def test_openstack_other_addresses_get_the_originals_mismatch(
     put(registry, "vm-os")
     status, body = read(registry, "vm-os", "127.0.0.5")  # another VM's address
     assert (status, body["status"]) == (500, "error")
-    assert body["error"] == "Instance IP mismatch, expected IP is `127.0.0.5', actual IP(s): `127.0.0.2, 127.0.0.4'"
+    # The original's status and words, without the VM's addresses: those go to the operator's log only.
+    assert body["error"] == "Instance IP mismatch: the caller's address is not one the cloud gives this instance"
+    registry.stop()
+    assert "Instance IP mismatch, expected IP is `127.0.0.5', actual IP(s): `127.0.0.2, 127.0.0.4'" in registry.stderr()
 
 
 def test_openstack_check_is_skipped_for_127_0_0_1_and_unknown_servers_are_404(
@@ -114,7 +117,8 @@ def test_openstack_outage_is_503(start_registry: RegistryLauncher, openstack_clo
     openstack_cloud.fail_with = 503
     status, body = read(registry, "vm-os", "127.0.0.2")
     assert (status, body["status"]) == (503, "error")
-    assert "cannot check the caller's address: OpenStack at" in str(body["error"])
+    assert body["error"] == "cannot check the caller's address now"
+    assert "address check for vm-os: OpenStack at" in registry.stderr()
     openstack_cloud.fail_with = None
     assert read(registry, "vm-os", "127.0.0.2")[0] == 200
 
@@ -204,7 +208,7 @@ def test_aws_instance_address_may_read(start_registry: RegistryLauncher, moto_ec
     assert read(registry, aws_instance, "127.0.0.2")[0] == 200
     status, body = read(registry, aws_instance, "127.0.0.3")
     assert status == 500
-    assert body["error"] == "Instance IP mismatch, expected IP is `127.0.0.3', actual IP(s): `127.0.0.2'"
+    assert body["error"] == "Instance IP mismatch: the caller's address is not one the cloud gives this instance"
 
 
 def test_aws_unknown_instance_is_404(start_registry: RegistryLauncher, moto_ec2: str) -> None:
@@ -217,7 +221,7 @@ def test_aws_outage_is_503(start_registry: RegistryLauncher) -> None:
     registry = aws_registry(start_registry, f"http://127.0.0.1:{free_port()}")
     status, body = read(registry, "i-0123456789abcdef0", "127.0.0.2")
     assert (status, body["status"]) == (503, "error")
-    assert "AWS EC2 in us-east-1" in str(body["error"])
+    assert "AWS EC2 in us-east-1" in registry.stderr()
 
 
 def test_address_check_outcomes_are_audited(
@@ -255,3 +259,66 @@ def test_cached_addresses_expire() -> None:
     clock[0] = 31
     cached.addresses("vm-1")
     assert calls == ["vm-1", "vm-1"]
+
+
+def test_a_second_server_named_like_the_victim_reads_nothing(start_registry: RegistryLauncher) -> None:
+    cloud = OpenStackStandIn(
+        "bosh", "api-key-secret", "bosh",
+        [FakeServer("vm-victim", fixed=["127.0.0.2"]), FakeServer("vm-victim", fixed=["127.0.0.9"])],
+    ).start()  # fmt: skip
+    try:
+        registry = openstack_registry(start_registry, cloud)
+        put(registry, "vm-victim")
+        for source in ("127.0.0.9", "127.0.0.2"):  # the impostor, and even the victim: the name is ambiguous
+            status, body = read(registry, "vm-victim", source)
+            assert (status, body["status"]) == (500, "error")
+            assert "127.0.0" not in str(body["error"])
+    finally:
+        cloud.stop()
+    registry.stop()
+    assert "2 servers named vm-victim" in registry.stderr()
+
+
+def test_mismatches_and_unknown_names_count_as_failures(
+    start_registry: RegistryLauncher, openstack_cloud: OpenStackStandIn
+) -> None:
+    registry = openstack_registry(start_registry, openstack_cloud)
+    put(registry, "vm-os")
+    statuses = [read(registry, f"vm-made-up-{n}", "127.0.0.7")[0] for n in range(12)]
+    assert statuses[:10] == [404] * 10
+    assert statuses[10:] == [429, 429]  # the stranger is blocked; the cloud was asked 10 times, not 12
+    assert sum("servers" in r for r in openstack_cloud.requests) == 10
+    assert read(registry, "vm-os", "127.0.0.2")[0] == 200  # the VM itself is not
+
+
+def test_unknown_and_ambiguous_answers_are_cached_too() -> None:
+    calls: list[str] = []
+
+    class Lookup:
+        def addresses(self, instance_key: str) -> set[str]:
+            calls.append(instance_key)
+            raise InstanceUnknown(f"no {instance_key}")
+
+    cached = CachedAddresses(Lookup(), ttl=30)
+    for _ in range(3):
+        with pytest.raises(InstanceUnknown):
+            cached.addresses("vm-nowhere")
+    assert calls == ["vm-nowhere"]
+
+
+def test_an_ipv4_caller_on_a_dual_stack_socket_is_compared_as_ipv4(
+    start_registry: RegistryLauncher, openstack_cloud: OpenStackStandIn
+) -> None:
+    registry = start_registry(
+        host="::",
+        request_timeout=5,
+        cloud={
+            "plugin": "openstack",
+            "openstack": {"auth_url": openstack_cloud.auth_url, "username": "bosh", "api_key": "api-key-secret",
+                          "tenant": "bosh", "region": "RegionOne"},
+        },
+    )  # fmt: skip
+    put(registry, "vm-os")
+    assert read(registry, "vm-os", "127.0.0.2")[0] == 200  # seen as ::ffff:127.0.0.2, compared as 127.0.0.2
+    assert read(registry, "vm-os", "127.0.0.1")[0] == 200  # the original's exemption holds on "::" too
+    assert read(registry, "vm-os", "127.0.0.5")[0] == 500

@@ -7,6 +7,7 @@ where we add one, an ``error`` message the caller can act on.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -22,11 +23,18 @@ from starlette.routing import Route
 
 from boshreg.bootstrap.credentials import instance_token
 from boshreg.bootstrap.registry_key import REGISTRY_KEY
+from boshreg.registry.access import Decision, decide
 from boshreg.registry.access_log import AccessLogMiddleware
 from boshreg.registry.audit import EVENTS_DEFAULT, EVENTS_MAX, AuditLog, query_events
 from boshreg.registry.auth import REALM, Authenticator, Caller, Identity
 from boshreg.registry.config import RegistryConfig
-from boshreg.registry.iaas import IaasUnavailable, InstanceUnknown, address_lookup, mismatch_message
+from boshreg.registry.iaas import (
+    IaasUnavailable,
+    InstanceAmbiguous,
+    InstanceUnknown,
+    address_lookup,
+    mismatch_message,
+)
 from boshreg.registry.openapi import OPENAPI
 from boshreg.registry.payload import PayloadError, check_instance_id, check_settings
 from boshreg.registry.store import SettingsRejected, SettingsStore, StoreUnavailable, pool_size
@@ -37,6 +45,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 OK = {"status": "ok"}
+CLOUD_LOOKUPS = 4  # cloud API calls in flight at once, per worker process
+ADDRESS_REFUSED = "Instance IP mismatch: the caller's address is not one the cloud gives this instance"
 
 
 class BodyTooLarge(Exception):
@@ -83,6 +93,8 @@ class RegistryApi:
         # db.max_connections): more would only wait inside the pool and time out there.
         self.limiter = anyio.CapacityLimiter(pool_size(store.engine))
         self.addresses = address_lookup(config.cloud, self.timeout) if config.cloud else None
+        # Cloud lookups wait on their own few threads: a hung cloud cannot take the store's.
+        self.cloud_limiter = anyio.CapacityLimiter(CLOUD_LOOKUPS)
 
     async def settings(self, request: Request) -> Response:
         """GET, PUT and DELETE of /instances/<id>/settings."""
@@ -176,21 +188,21 @@ class RegistryApi:
             identity = self.auth.identify(header)
         if identity.caller is Caller.REFUSED:
             self.throttle.failed(client)
-            return identity, access_denied("credentials not accepted; check the user and password in the endpoint")
-        if identity.caller is Caller.ANONYMOUS:
-            if action == "read" and self.anonymous_reads:
-                return identity, None
-            if action == "read" and self.addresses is not None:
-                return identity, await self._address_check(client, instance_id)
-            return identity, access_denied(self._anonymous_refusal(action))
-        if identity.caller is Caller.INSTANCE:
-            if action != "read":
-                return identity, forbidden("a VM's own credential may only read its settings")
-            if identity.user != instance_id:
-                return identity, forbidden(
-                    f"the credential of {identity.user} may not read another instance's settings"
-                )
-        return identity, None
+        access = decide(
+            identity.caller,
+            identity.user,
+            action,
+            instance_id,
+            anonymous_reads=self.anonymous_reads,
+            address_check=self.addresses is not None,
+        )
+        if access.decision is Decision.ALLOW:
+            return identity, None
+        if access.decision is Decision.CHECK_ADDRESS:
+            return identity, await self._address_check(client, instance_id)
+        if access.decision is Decision.FORBIDDEN:
+            return identity, forbidden(access.reason)
+        return identity, access_denied(access.reason)
 
     async def _address_check(self, client: str, instance_id: str) -> Response | None:
         """The original's check for unauthenticated reads: the caller must hold one of the VM's addresses."""
@@ -201,7 +213,9 @@ class RegistryApi:
         assert self.addresses is not None
         try:
             with anyio.fail_after(self.timeout):
-                found = await anyio.to_thread.run_sync(self.addresses.addresses, instance_id, abandon_on_cancel=True)
+                found = await anyio.to_thread.run_sync(
+                    self.addresses.addresses, instance_id, abandon_on_cancel=True, limiter=self.cloud_limiter
+                )
         except TimeoutError:
             return error(
                 503,
@@ -211,12 +225,20 @@ class RegistryApi:
             )
         except IaasUnavailable as exc:
             log.warning("address check for %s: %s", instance_id, exc)
-            return error(503, "error", f"cannot check the caller's address: {exc}", **{"Retry-After": "1"})
+            return error(503, "error", "cannot check the caller's address now", **{"Retry-After": "1"})
+        except InstanceAmbiguous as exc:
+            self.throttle.failed(client)
+            log.warning("address check for %s from %s refused: %s", instance_id, client, exc)
+            return error(500, "error", ADDRESS_REFUSED)
         except InstanceUnknown as exc:
+            self.throttle.failed(client)  # made-up names count against the asker, as wrong passwords do
             return error(404, "not_found", str(exc))
         if client in found:
             return None
-        return error(500, "error", mismatch_message(client, found))
+        self.throttle.failed(client)
+        # The original told the caller the VM's addresses; ours tells the log, not a stranger.
+        log.warning("address check for %s: %s", instance_id, mismatch_message(client, found))
+        return error(500, "error", ADDRESS_REFUSED)
 
     def _record(
         self, request: Request, raw_id: str, identity: Identity, response: Response, action: str | None = None
@@ -242,16 +264,9 @@ class RegistryApi:
         try:
             await self._run(self.store.ping)
         except StoreUnavailable as exc:
-            return error(503, "error", str(exc))
+            log.warning("not ready: %s", exc)  # the cause names the database: for the log, not for anyone asking
+            return error(503, "error", "database unavailable; the registry's log has the cause")
         return JSONResponse(OK)
-
-    def _anonymous_refusal(self, action: str) -> str:
-        if action == "read":
-            return (
-                "credentials required; put user:password in the registry endpoint "
-                "(or set http.allow_anonymous_reads: true, or a cloud for the address check)"
-            )
-        return f"credentials required ({action})"
 
     async def _read_body(self, request: Request) -> bytes:
         declared = request.headers.get("content-length", "")
@@ -333,8 +348,17 @@ def create_app(
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
         lifespan=lifespan,
     )
+    app.router.redirect_slashes = False  # a redirect would be built from the caller's Host header: 404 instead
     return AccessLogMiddleware(app)
 
 
 def _client(request: Request) -> str:
-    return request.client.host if request.client else "-"
+    """The caller's address; an IPv4 caller seen through an IPv6 socket (``::ffff:a.b.c.d``) as IPv4."""
+    if not request.client:
+        return "-"
+    host = request.client.host
+    if host.startswith("::ffff:"):
+        address = ipaddress.ip_address(host)
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+    return host

@@ -3,12 +3,18 @@
 Requests only append to an in-memory queue; one thread writes batches and prunes by age and count, so
 the trail costs a request nothing measurable and a slow database slows only the trail. If the database
 is down, events wait in memory (bounded; the oldest are dropped, and the drop is logged).
+
+The trail sits on the VMs' network, so it is built to survive them: ids are stored escaped (a NUL byte
+or a newline arrives as ``\x00``, ``\n``), an event the database refuses is dropped alone instead of
+blocking the batch, refused requests (401, 403, 429) from one address for one id are written once per window,
+and the rest of that window's as one event with a count, and pruning removes those refusals before any other event.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -23,6 +29,8 @@ from boshreg.registry.tables import registry_events
 log = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 0.5
+REFUSALS_WINDOW = 10.0  # seconds: refused requests from one address become one event with a count
+REFUSED_STATUSES = frozenset({401, 403, 429})
 PRUNE_SECONDS = 60.0
 QUEUE_MAX = 100_000
 EVENTS_DEFAULT = 100  # one page of GET /instances/<id>/events
@@ -38,15 +46,33 @@ class Event:
     credential: str
     status: int
     outcome: str
+    count: int = 1  # refused requests aggregated into this event
 
     def to_json(self) -> dict[str, Any]:
         return {**self.__dict__, "at": self.at.isoformat()}
 
     def to_text(self) -> str:
+        """One line, safe for a terminal: every control character shown escaped."""
+        times = f" x{self.count}" if self.count > 1 else ""
         return (
-            f"{self.at.strftime('%Y-%m-%dT%H:%M:%S')}Z {self.action:<11} {self.instance_id} from {self.client} "
-            f"({self.credential}): {self.status} {self.outcome}"
+            f"{self.at.strftime('%Y-%m-%dT%H:%M:%S')}Z {self.action:<11} {printable(self.instance_id)} from "
+            f"{printable(self.client)} ({printable(self.credential)}): {self.status} {printable(self.outcome)}{times}"
         )
+
+
+def escape_id(raw: str) -> str:
+    """An id as stored: exact, but with backslashes and control characters escaped (databases refuse NUL)."""
+    if raw.isprintable() and "\\" not in raw:
+        return raw
+    return "".join(
+        "\\\\" if char == "\\" else char if char.isprintable() else f"\\x{ord(char):02x}" if ord(char) < 256
+        else f"\\u{ord(char):04x}" for char in raw
+    )  # fmt: skip
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character escaped: no forged lines, no terminal escapes."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
 class AuditLog:
@@ -65,7 +91,10 @@ class AuditLog:
         self.max_age = max_age
         self.max_rows = max_rows
         self._queue: deque[Event] = deque()
+        self._refusals: dict[tuple[str, ...], Event] = {}  # by (client, action, id, credential, status): this window's
+        self._refusals_since = 0.0
         self._dropped = 0
+        self._poisoned = 0
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
@@ -76,11 +105,34 @@ class AuditLog:
         return self
 
     def record(self, action: str, instance_id: str, client: str, credential: str, status: int, outcome: str) -> None:
-        """Queue one event; never blocks, never raises."""
+        """Queue one event; never blocks, never raises. Refusals are counted, one event per window."""
+        event = Event(datetime.now(UTC), action, escape_id(instance_id)[:255], client[:64], credential, status, outcome)
+        if status in REFUSED_STATUSES:
+            # The first refusal of a window is written at once (`why` sees it); the rest become one event.
+            key = (event.client, action, event.instance_id, credential, str(status))
+            seen = self._refusals.get(key)
+            if seen is not None:
+                self._refusals[key] = Event(**{**event.__dict__, "count": seen.count + 1})
+                return
+            if len(self._refusals) < QUEUE_MAX:
+                self._refusals[key] = Event(**{**event.__dict__, "count": 0})
+        self._enqueue(event)
+
+    def _enqueue(self, event: Event) -> None:
         if len(self._queue) >= QUEUE_MAX:
             self._queue.popleft()
             self._dropped += 1
-        self._queue.append(Event(datetime.now(UTC), action, instance_id, client, credential, status, outcome))
+        self._queue.append(event)
+
+    def _close_window(self, now: float, *, force: bool = False) -> None:
+        """Move this window's aggregated refusals to the queue."""
+        if not force and now - self._refusals_since < REFUSALS_WINDOW:
+            return
+        self._refusals_since = now
+        refusals, self._refusals = self._refusals, {}
+        for event in refusals.values():
+            if event.count:  # the window's further refusals, as one event with their count
+                self._enqueue(event)
 
     def stop(self) -> None:
         """Write what is queued, then stop the writer."""
@@ -90,32 +142,60 @@ class AuditLog:
 
     def flush(self) -> None:
         """Write everything queued now (the writer thread calls this; tests may too)."""
-        batch: list[Event] = []
-        while self._queue and len(batch) < 1000:
-            batch.append(self._queue.popleft())
-        if not batch:
-            return
-        try:
-            with self._writer, self.engine.begin() as conn:
-                conn.execute(insert(registry_events), [event.__dict__ for event in batch])
-        except sa_exc.SQLAlchemyError as exc:
-            self._queue.extendleft(reversed(batch))  # keep them for the next try
-            log.warning("audit trail not written (%d events waiting): %s", len(self._queue), type(exc).__name__)
-            return
+        while self._queue:
+            batch: list[Event] = []
+            while self._queue and len(batch) < 1000:
+                batch.append(self._queue.popleft())
+            try:
+                self._write(batch)
+            except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:  # the database is away: keep them
+                self._queue.extendleft(reversed(batch))
+                log.warning("audit trail not written (%d events waiting): %s", len(self._queue), type(exc).__name__)
+                return
+            except sa_exc.SQLAlchemyError:
+                self._write_one_by_one(batch)  # one event the database refuses must not hold the others back
         if self._dropped:
             log.warning("audit trail dropped %d events while the database was unavailable", self._dropped)
             self._dropped = 0
-        if self._queue:
-            self.flush()
+
+    def _write(self, batch: list[Event]) -> None:
+        with self._writer, self.engine.begin() as conn:
+            conn.execute(insert(registry_events), [event.__dict__ for event in batch])
+
+    def _write_one_by_one(self, batch: list[Event]) -> None:
+        for event in batch:
+            try:
+                self._write([event])
+            except sa_exc.SQLAlchemyError as exc:
+                self._poisoned += 1
+                if self._poisoned == 1 or self._poisoned % 1000 == 0:
+                    log.warning(
+                        "audit trail: the database refused an event (%s; %d so far), dropped it alone",
+                        type(exc).__name__,
+                        self._poisoned,
+                    )
 
     def prune(self) -> None:
-        """Delete events older than max_age, and the oldest beyond max_rows."""
+        """Delete events older than max_age; beyond max_rows, refusals first, then the oldest of the rest."""
         try:
             with self.engine.begin() as conn:
                 conn.execute(delete(registry_events).where(registry_events.c.at < datetime.now(UTC) - self.max_age))
-                newest = conn.execute(select(func.max(registry_events.c.id))).scalar()
-                if newest is not None and newest > self.max_rows:
-                    conn.execute(delete(registry_events).where(registry_events.c.id <= newest - self.max_rows))
+                rows = conn.execute(select(func.count()).select_from(registry_events)).scalar() or 0
+                excess = rows - self.max_rows
+                for refused in (True, False):
+                    if excess <= 0:
+                        break
+                    kind = registry_events.c.status.in_(REFUSED_STATUSES)
+                    oldest = (
+                        select(registry_events.c.id)
+                        .where(kind if refused else ~kind)
+                        .order_by(registry_events.c.id)
+                        .limit(excess)
+                    )
+                    ids = [row[0] for row in conn.execute(oldest)]
+                    for start in range(0, len(ids), 1000):
+                        conn.execute(delete(registry_events).where(registry_events.c.id.in_(ids[start : start + 1000])))
+                    excess -= len(ids)
         except sa_exc.SQLAlchemyError as exc:
             log.warning("audit trail not pruned: %s", type(exc).__name__)
 
@@ -124,11 +204,13 @@ class AuditLog:
         while not self._stopping.is_set():
             self._wake.wait(FLUSH_SECONDS)
             self._wake.clear()
+            self._close_window(time.monotonic())
             self.flush()
             clock += FLUSH_SECONDS
             if clock >= PRUNE_SECONDS:
                 clock = 0.0
                 self.prune()
+        self._close_window(time.monotonic(), force=True)
         self.flush()
 
 
@@ -152,6 +234,7 @@ def query_events(
             row["credential"],
             row["status"],
             row["outcome"],
+            row["count"] or 1,
         )
         for row in rows
     ]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from boshreg.bootstrap.credentials import generate_secret
 from boshreg.bootstrap.endpoint import Endpoint
+from boshreg.errors import BoshregError
 from boshreg.registry.config import DEFAULT_PORT, DbConfig, HttpConfig, RegistryConfig
 
 log = logging.getLogger(__name__)
@@ -24,9 +25,10 @@ DEFAULT_DATA_DIR = Path(".boshreg")
 PASSWORD_FILE = "admin-password"
 INSTANCE_SECRET_FILE = "instance-secret"
 DATABASE_FILE = "registry.db"
+WELL_KNOWN_PASSWORDS = frozenset({"admin", "password", "changeme", "registry", "bosh", "secret", "c1oudc0w"})
 
 
-class DataDirError(Exception):
+class DataDirError(BoshregError):
     """The data directory cannot be created or read; the message says which path and why."""
 
 
@@ -44,7 +46,7 @@ def _kept_secret(data_dir: Path, name: str, generate: Callable[[], str]) -> str:
     """A secret kept in ``data_dir/name`` (mode 0600): read when there, created atomically when not."""
     path = data_dir / name
     try:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        private_directory(data_dir)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
@@ -57,6 +59,14 @@ def _kept_secret(data_dir: Path, name: str, generate: Callable[[], str]) -> str:
         raise DataDirError(
             f"cannot use data directory {data_dir}: {exc.strerror}; pass --data-dir with a writable directory"
         ) from None
+
+
+def private_directory(data_dir: Path) -> None:
+    """The data directory, created 0700; an existing looser one is named with the chmod that fixes it."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = data_dir.stat().st_mode & 0o777
+    if mode & 0o077:
+        log.warning("%s is open to other users (mode %o); restrict it: chmod 700 %s", data_dir, mode, data_dir)
 
 
 def generate_password(length: int = 24) -> str:
@@ -84,6 +94,11 @@ def _read_password(path: Path) -> str:
     password = path.read_text(encoding="ascii").strip()
     if not password:
         raise DataDirError(f"{path} is empty; delete it to have a new password generated")
+    if password.lower() in WELL_KNOWN_PASSWORDS:
+        raise DataDirError(
+            f"{path} holds a well-known password ({password!r}): anyone could read every VM's settings; delete it "
+            "to have one generated (and update the VMs' endpoints)"
+        )
     return password
 
 

@@ -32,6 +32,10 @@ class InstanceUnknown(Exception):
     """The cloud has no instance under that registry key."""
 
 
+class InstanceAmbiguous(Exception):
+    """Several instances answer to that registry key (Nova allows duplicate names): trusting any is unsafe."""
+
+
 class AddressLookup(Protocol):
     def addresses(self, instance_key: str) -> set[str]:
         """Every address the cloud reports for the instance; InstanceUnknown or IaasUnavailable otherwise."""
@@ -65,6 +69,11 @@ class OpenStackAddresses:
         found = [server for server in servers if server.name == instance_key]
         if not found:
             raise InstanceUnknown(f"OpenStack has no server named {instance_key}")
+        if len(found) > 1:  # a second server named like the victim must not read the victim's settings
+            raise InstanceAmbiguous(
+                f"OpenStack has {len(found)} servers named {instance_key} ({', '.join(sorted(s.id for s in found))}); "
+                "unauthenticated reads of its settings are refused: rename the duplicates, or give VMs credentials"
+            )
         return {
             str(entry["addr"])
             for server in found
@@ -140,23 +149,31 @@ class AwsAddresses:
 
 
 class CachedAddresses:
-    """Remembers each instance's addresses for ``ttl`` seconds: one cloud call per VM boot, not per GET."""
+    """Remembers each instance's answer for ``ttl`` seconds, "unknown" and "ambiguous" too: one cloud call
+    per VM boot, not per GET, and a stranger asking for made-up names cannot spend the cloud's rate limit
+    faster than the registry's throttle lets it."""
 
     def __init__(self, lookup: AddressLookup, ttl: float, now: Callable[[], float] = time.monotonic) -> None:
         self.lookup = lookup
         self.ttl = ttl
         self._now = now
-        self._cache: dict[str, tuple[float, set[str]]] = {}
+        self._cache: dict[str, tuple[float, set[str] | Exception]] = {}
 
     def addresses(self, instance_key: str) -> set[str]:
         cached = self._cache.get(instance_key)
         if cached is not None and cached[0] > self._now():
-            return cached[1]
-        found = self.lookup.addresses(instance_key)
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[instance_key] = (self._now() + self.ttl, found)
-        return found
+            answer = cached[1]
+        else:
+            try:
+                answer = self.lookup.addresses(instance_key)
+            except (InstanceUnknown, InstanceAmbiguous) as exc:
+                answer = exc
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[instance_key] = (self._now() + self.ttl, answer)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
 
 
 def address_lookup(cloud: CloudConfig, timeout: float) -> AddressLookup:

@@ -7,6 +7,7 @@ at PUT time anything bosh-agent (Go's encoding/json) could not decode into its s
 from __future__ import annotations
 
 import json
+import math
 
 from boshreg.bootstrap.registry_key import registry_key_problem
 
@@ -27,6 +28,20 @@ def _reject_constant(name: str) -> None:
     raise PayloadError(f"settings are not valid JSON: {name} is not a JSON number")
 
 
+def _finite_float(text: str) -> float:
+    """A number the agent (Go, float64) can decode: 1e400 is refused here, not at boot."""
+    value = float(text)
+    if math.isinf(value):
+        raise PayloadError(f"settings hold the number {text[:40]}, outside the range the agent can decode (float64)")
+    return value
+
+
+def _finite_int(text: str) -> int:
+    """An integer within float64's range; checked before Python parses it (no 4,300-digit limit error)."""
+    _finite_float(text)
+    return int(text)
+
+
 def check_settings(body: bytes) -> str:
     """The body as text when it is a JSON object an agent can decode; raise PayloadError otherwise."""
     if not body.strip():
@@ -38,7 +53,7 @@ def check_settings(body: bytes) -> str:
     if text.startswith("\ufeff"):
         raise PayloadError("settings start with a byte order mark, which the agent cannot parse; remove it")
     try:
-        document = json.loads(text, parse_constant=_reject_constant)
+        document = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float, parse_int=_finite_int)
     except json.JSONDecodeError as exc:
         raise PayloadError(f"settings are not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:

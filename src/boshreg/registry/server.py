@@ -17,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import psutil
 import uvicorn
@@ -29,6 +30,8 @@ from boshreg.registry.engine import build_async_engine, build_engine
 from boshreg.registry.store import SettingsStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
+
+PRIVATE_UMASK = 0o077  # files this process creates: readable by its owner only
 
 _WILDCARDS = {"0.0.0.0", "::", ""}  # noqa: S104 - names of "all interfaces", compared, not bound
 
@@ -79,13 +82,38 @@ def advertised_host(bound_host: str) -> str:
 
 
 def open_store(config: RegistryConfig) -> SettingsStore:
-    """The settings store; a database that is down now only delays readiness, it does not stop start-up."""
-    store = SettingsStore(build_engine(config.db), build_async_engine(config.db))
+    """The settings store; a database that is down now only delays readiness, it does not stop start-up.
+
+    Every VM's settings carry message-bus and blobstore credentials: the files this process creates
+    (an SQLite database, its -wal and -shm) are its owner's alone, and looser existing ones are named.
+    """
+    os.umask(PRIVATE_UMASK)
+    engine = build_engine(config.db)
+    if engine.url.get_backend_name() == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        warn_if_shared(Path(str(engine.url.database)))
+    store = SettingsStore(engine, build_async_engine(config.db))
     try:
         store.ensure_schema()
     except StoreUnavailable as exc:
         log.warning("%s; answering 503 until it is reachable", exc)
     return store
+
+
+def warn_if_shared(database: Path) -> None:
+    """Log, with the command that fixes it, a database file or directory that others can read."""
+    for path, private in (
+        (database.parent, 0o700),
+        *((database.with_name(database.name + s), 0o600) for s in ("", "-wal", "-shm")),
+    ):
+        try:
+            mode = path.stat().st_mode & 0o777
+        except OSError:
+            continue
+        if mode & 0o077:
+            log.warning(
+                "%s is readable by other users (mode %o): it holds every VM's settings; restrict it: chmod %o %s",
+                path, mode, private, path,
+            )  # fmt: skip
 
 
 def open_audit(config: RegistryConfig, store: SettingsStore) -> AuditLog:

@@ -24,7 +24,7 @@ from sqlalchemy.pool import QueuePool
 from sqlalchemy.sql.dml import Insert
 
 from boshreg.bootstrap.endpoint import redact_url
-from boshreg.registry.tables import metadata, registry_instances
+from boshreg.registry.tables import metadata, registry_events, registry_instances
 
 log = logging.getLogger(__name__)
 _SQL_LOG = logging.getLogger("sqlalchemy.engine.Engine")  # each statement, at loglevel: debug
@@ -102,6 +102,7 @@ class SettingsStore:
             if self._schema_ready:
                 return
             metadata.create_all(self.engine, checkfirst=True)
+            self._add_missing_event_columns()
             self._unique_instance_id = self._has_unique_instance_id()
             if not self._unique_instance_id:
                 log.warning(
@@ -252,6 +253,19 @@ class SettingsStore:
             return pg_insert.on_conflict_do_update(index_elements=key, set_={"settings": pg_insert.excluded.settings})
         lite_insert = sqlite.insert(registry_instances).values(values)
         return lite_insert.on_conflict_do_update(index_elements=key, set_={"settings": lite_insert.excluded.settings})
+
+    def _add_missing_event_columns(self) -> None:
+        """Our own table grows with boshreg: add its newer nullable columns to one an older version made."""
+        present = {column["name"] for column in inspect(self.engine).get_columns("registry_events")}
+        with self.engine.begin() as conn:
+            for column in registry_events.columns:
+                if column.name not in present and column.nullable:
+                    kind = column.type.compile(dialect=self.engine.dialect)
+                    quoted = self.engine.dialect.identifier_preparer.quote(column.name)
+                    conn.execute(text(f"ALTER TABLE registry_events ADD COLUMN {quoted} {kind}"))
+                    log.info(
+                        "added column registry_events.%s (boshreg's own table; the original ignores it)", column.name
+                    )
 
     def _has_unique_instance_id(self) -> bool:
         inspector = inspect(self.engine)

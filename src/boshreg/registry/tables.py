@@ -36,6 +36,7 @@ registry_events = Table(
     Column("credential", String(16), nullable=False),  # admin, per-vm, anonymous, refused
     Column("status", SmallInteger, nullable=False),
     Column("outcome", String(32), nullable=False),
+    Column("count", Integer, nullable=True),  # refused requests aggregated into this event (NULL: one)
     Index("registry_events_instance_at", "instance_id", "at"),
     Index("registry_events_at", "at"),
 )
