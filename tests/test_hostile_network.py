@@ -3,17 +3,24 @@ and input that cannot make it answer 500, redirect, or tell strangers about its 
 
 from __future__ import annotations
 
+import asyncio
+import base64
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import bcrypt
 import httpx
 import pytest
 from sqlalchemy import create_engine, insert, select, text
 from sqlalchemy.engine import URL
 
+from boshreg.bootstrap.credentials import instance_token
 from boshreg.registry.audit import AuditLog, Event, escape_id, printable, query_events
+from boshreg.registry.auth import Authenticator, Caller
+from boshreg.registry.config import AdminSecret
 from boshreg.registry.store import SettingsStore
 from boshreg.registry.tables import registry_events
+from boshreg.registry.throttle import AuthThrottle
 from conftest import RegistryLauncher
 from support.cli import boshreg
 from support.registry import ADMIN_PASSWORD, RegistryProcess
@@ -198,3 +205,85 @@ def test_a_zero_config_password_file_with_a_well_known_password_is_refused(tmp_p
         f"boshreg: error: {data_dir}/admin-password holds a well-known password ('admin'): anyone could read every "
         "VM's settings; delete it to have one generated (and update the VMs' endpoints)"
     ]
+
+
+# --- throttling that stops attackers, not owners -----------------------------------------------------
+
+
+def test_one_users_failures_never_block_another_from_the_same_address() -> None:
+    throttle = AuthThrottle(max_failures=3, window=60, block=60, now=lambda: 0.0)
+    for _ in range(3):
+        throttle.failed("10.0.0.7", "vm-1")  # VMs behind one NAT with a stale credential
+    assert throttle.retry_after("10.0.0.7", "vm-1") == 60
+    assert throttle.retry_after("10.0.0.7", "admin") is None
+
+
+def test_an_address_spraying_users_is_blocked_for_them_but_not_for_a_user_without_failures() -> None:
+    throttle = AuthThrottle(max_failures=3, window=60, block=60, now=lambda: 0.0, address_factor=2)
+    for name in ("a", "b", "c", "d", "e", "f"):  # 6 = 3 x 2 failures across users
+        throttle.failed("10.0.0.8", name)
+    assert throttle.retry_after("10.0.0.8", "a") == 60  # users that failed from there: blocked
+    assert throttle.retry_after("10.0.0.8", "") == 60  # anonymous (address checks): blocked
+    assert throttle.retry_after("10.0.0.8", "admin") is None  # a user that never failed there is still checked
+    assert throttle.retry_after("10.0.0.9", "a") is None
+
+
+def test_ipv6_callers_are_counted_by_their_64() -> None:
+    throttle = AuthThrottle(max_failures=2, window=60, block=60, now=lambda: 0.0)
+    throttle.failed("2001:db8:1:2::10", "admin")
+    throttle.failed("2001:db8:1:2:ffff::99", "admin")  # another address, the same /64
+    assert throttle.retry_after("2001:db8:1:2::1", "admin") == 60
+    assert throttle.retry_after("2001:db8:1:3::1", "admin") is None
+
+
+def test_a_reserved_failure_is_released_when_the_slow_check_succeeds() -> None:
+    throttle = AuthThrottle(max_failures=2, window=60, block=60, now=lambda: 0.0)
+    stamp = throttle.reserve("10.0.0.7", "admin")
+    throttle.release("10.0.0.7", "admin", stamp)
+    throttle.failed("10.0.0.7", "admin")
+    assert throttle.retry_after("10.0.0.7", "admin") is None
+
+
+def test_the_admin_is_not_locked_out_by_vms_failing_behind_the_same_address(start_registry: RegistryLauncher) -> None:
+    registry = start_registry(auth_throttle={"max_failures": 3, "window": 60, "block": 60})
+    for _ in range(5):
+        assert httpx.get(f"{registry.url}/instances/vm-1/settings", auth=("vm-1", "stale")).status_code in (401, 429)
+    assert httpx.get(f"{registry.url}/instances/vm-1/settings", auth=("vm-1", "stale")).status_code == 429
+    assert httpx.get(f"{registry.url}/instances/vm-1/settings", auth=ADMIN).status_code == 404
+
+
+HASHED_ADMIN = bcrypt.hashpw(b"Hashed-Adm1n", bcrypt.gensalt(10)).decode()
+
+
+def test_concurrent_guesses_cannot_all_reach_bcrypt(start_registry: RegistryLauncher) -> None:
+    registry = start_registry(password=None, password_hash=HASHED_ADMIN)
+    url = f"{registry.url}/instances/vm-1/settings"
+
+    async def guess_40() -> list[int]:
+        async with httpx.AsyncClient(timeout=60) as http:
+            answers = await asyncio.gather(*(http.get(url, auth=("admin", f"guess-{n}")) for n in range(40)))
+        return [answer.status_code for answer in answers]
+
+    statuses = asyncio.run(guess_40())
+    assert statuses.count(401) <= 10  # the configured limit; every other guess was refused before bcrypt
+    assert statuses.count(429) >= 30
+
+
+def test_an_unknown_user_costs_a_bcrypt_check_like_a_wrong_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    checks: list[bytes] = []
+    real = bcrypt.checkpw
+
+    def counted(password: bytes, hashed: bytes) -> bool:
+        checks.append(hashed)
+        return real(password, hashed)
+
+    authenticator = Authenticator({"admin": AdminSecret(password_hash=HASHED_ADMIN)}, "instance-secret")
+    monkeypatch.setattr(bcrypt, "checkpw", counted)
+    for user in ("admin", "nobody"):
+        header = "Basic " + base64.b64encode(f"{user}:wrong".encode()).decode()
+        assert authenticator.needs_hash_check(header)
+        assert authenticator.identify(header).caller is Caller.REFUSED
+    assert len(checks) == 2  # one for the known user's wrong password, one decoy for the unknown user
+    vm_token = "Basic " + base64.b64encode(f"vm-1:{instance_token('instance-secret', 'vm-1')}".encode()).decode()
+    assert not authenticator.needs_hash_check(vm_token)  # a VM's own credential never pays for bcrypt
+    assert authenticator.identify(vm_token).caller is Caller.INSTANCE

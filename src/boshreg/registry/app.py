@@ -26,7 +26,7 @@ from boshreg.bootstrap.registry_key import REGISTRY_KEY
 from boshreg.registry.access import Decision, decide
 from boshreg.registry.access_log import AccessLogMiddleware
 from boshreg.registry.audit import EVENTS_DEFAULT, EVENTS_MAX, AuditLog, query_events
-from boshreg.registry.auth import REALM, Authenticator, Caller, Identity
+from boshreg.registry.auth import REALM, Authenticator, Caller, Identity, parse_basic
 from boshreg.registry.config import RegistryConfig
 from boshreg.registry.iaas import (
     IaasUnavailable,
@@ -46,6 +46,7 @@ T = TypeVar("T")
 
 OK = {"status": "ok"}
 CLOUD_LOOKUPS = 4  # cloud API calls in flight at once, per worker process
+HASH_CHECKS = 2  # bcrypt checks at once, per worker process
 ADDRESS_REFUSED = "Instance IP mismatch: the caller's address is not one the cloud gives this instance"
 
 
@@ -95,6 +96,8 @@ class RegistryApi:
         self.addresses = address_lookup(config.cloud, self.timeout) if config.cloud else None
         # Cloud lookups wait on their own few threads: a hung cloud cannot take the store's.
         self.cloud_limiter = anyio.CapacityLimiter(CLOUD_LOOKUPS)
+        # bcrypt checks wait on their own threads: guesses cannot delay reads or the address check.
+        self.hash_limiter = anyio.CapacityLimiter(HASH_CHECKS)
 
     async def settings(self, request: Request) -> Response:
         """GET, PUT and DELETE of /instances/<id>/settings."""
@@ -173,7 +176,10 @@ class RegistryApi:
     async def _authorize(self, request: Request, instance_id: str, action: str) -> tuple[Identity, Response | None]:
         """Who is asking, and the refusal to send when they may not do ``action`` on ``instance_id``."""
         client = _client(request)
-        wait = self.throttle.retry_after(client)
+        header = request.headers.get("authorization")
+        presented = parse_basic(header)
+        user = presented[0] if presented is not None else ""
+        wait = self.throttle.retry_after(client, user)
         if wait is not None:
             return Identity(Caller.REFUSED), error(
                 429,
@@ -181,13 +187,16 @@ class RegistryApi:
                 f"too many failed authentications from {client}; retry in {wait} s",
                 **{"Retry-After": str(wait)},
             )
-        header = request.headers.get("authorization")
         if self.auth.needs_hash_check(header):
-            identity = await anyio.to_thread.run_sync(self.auth.identify, header)
+            # The failure is counted before the slow check, so concurrent guesses cannot all reach bcrypt.
+            reserved = self.throttle.reserve(client, user)
+            identity = await anyio.to_thread.run_sync(self.auth.identify, header, limiter=self.hash_limiter)
+            if identity.caller is not Caller.REFUSED:
+                self.throttle.release(client, user, reserved)
         else:
             identity = self.auth.identify(header)
-        if identity.caller is Caller.REFUSED:
-            self.throttle.failed(client)
+            if identity.caller is Caller.REFUSED:
+                self.throttle.failed(client, user)
         access = decide(
             identity.caller,
             identity.user,

@@ -69,33 +69,49 @@ class Authenticator:
         self._plain = [(u.encode(), s.password.encode()) for u, s in admins.items() if s.password is not None]
         self._hashed = {u: s.password_hash.encode() for u, s in admins.items() if s.password_hash is not None}
         self._instance_secret = instance_secret
+        self._plain_users = {u for u, s in admins.items() if s.password is not None}
+        # The decoy has the cost of the configured hashes: an unknown user takes as long as a wrong password.
+        rounds = min((int(h[4:6]) for h in self._hashed.values() if h[4:6].isdigit()), default=12)
+        self._decoy = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(rounds)) if self._hashed else b""
         self._remember_key = secrets.token_bytes(32)
         self._remembered: set[bytes] = set()
 
     def needs_hash_check(self, header: str | None) -> bool:
         """True when identifying this request means a slow bcrypt check (run it off the event loop)."""
         credentials = parse_basic(header)
-        if credentials is None or credentials[0] not in self._hashed:
+        if credentials is None or not self._hashed:
             return False
-        return self._digest(*credentials) not in self._remembered
+        user, password = credentials
+        if user in self._hashed:
+            return self._digest(user, password) not in self._remembered
+        return user not in self._plain_users and not self._is_instance(user, password)  # the decoy check
 
     def identify(self, header: str | None) -> Identity:
-        """Classify a request by its Authorization header."""
+        """Classify a request by its Authorization header.
+
+        An unknown user costs what a wrong password does (a decoy bcrypt check when admins are hashed),
+        so the time of a refusal does not tell which user names exist.
+        """
         credentials = parse_basic(header)
         if header and credentials is None:
             return Identity(Caller.REFUSED)  # another scheme (Bearer, Digest): not ours
         if credentials is None:
             return Identity(Caller.ANONYMOUS)
         user, password = credentials
-        if self._is_admin(user, password):
-            return Identity(Caller.ADMIN, user)
-        if (
-            self._instance_secret is not None
-            and REGISTRY_KEY.fullmatch(user)
-            and token_matches(self._instance_secret, user, password)
-        ):
+        if user in self._plain_users or user in self._hashed:
+            return Identity(Caller.ADMIN, user) if self._is_admin(user, password) else Identity(Caller.REFUSED, user)
+        if self._is_instance(user, password):
             return Identity(Caller.INSTANCE, user)
+        if self._hashed:
+            bcrypt.checkpw(password.encode(), self._decoy)
         return Identity(Caller.REFUSED, user)
+
+    def _is_instance(self, user: str, password: str) -> bool:
+        return (
+            self._instance_secret is not None
+            and REGISTRY_KEY.fullmatch(user) is not None
+            and token_matches(self._instance_secret, user, password)
+        )
 
     def _is_admin(self, user: str, password: str) -> bool:
         presented_user, presented_password = user.encode(), password.encode()
