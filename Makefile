@@ -14,9 +14,10 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-## Start the registry with zero configuration (SQLite in ./.boshreg, port 25777).
+## Start the registry with zero configuration (SQLite in ./.boshreg, port 25777); make run ARGS="--port 25800".
 run: $(STAMP)
-	$(BIN)/boshreg serve
+	@echo "boshreg is installed at $(BIN)/boshreg; in a new shell: . $(VENV)/bin/activate"
+	$(BIN)/boshreg serve $(ARGS)
 
 ## Lint, types and the whole test suite against SQLite, PostgreSQL and MariaDB.
 test: lint typecheck unit

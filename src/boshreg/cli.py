@@ -18,36 +18,34 @@ from typing import BinaryIO, TextIO, TypeVar
 import click
 
 from boshreg import __version__
-from boshreg.agent.agent_json import AgentConfigError, read_agent_settings
+from boshreg.agent.agent_json import read_agent_settings
 from boshreg.agent.cli import main as agent_main
-from boshreg.bootstrap.endpoint import Endpoint, EndpointError, parse_endpoint, reachability_warnings
+from boshreg.bootstrap.endpoint import Endpoint, EndpointError, parse_endpoint, reachability_warnings, redact_url
 from boshreg.bootstrap.net import is_ip_address
 from boshreg.bootstrap.nova import CLOUDS
-from boshreg.bootstrap.userdata import UserDataError
 from boshreg.bootstrap.userdata import decode as decode_user_data
 from boshreg.bootstrap.verdict import STEMCELL_ORDER, Word, source_order
-from boshreg.client import RegistryClient, RegistryClientError
+from boshreg.client import RegistryClient
 from boshreg.cpi.credentials import per_vm_endpoint
 from boshreg.cpi.delivery import Delivery
 from boshreg.cpi.delivery import render as render_bootstrap
-from boshreg.cpi.inspect import RequestError, inspect_request
-from boshreg.doctor import ManifestError, diagnose, load_manifest
-from boshreg.logs import LogSetupError, setup_logging
-from boshreg.registry.audit import SinceError, parse_since, query_events
+from boshreg.cpi.inspect import inspect_request
+from boshreg.doctor import diagnose, load_manifest
+from boshreg.errors import BoshregError
+from boshreg.logs import setup_logging
+from boshreg.registry.audit import parse_since, query_events
 from boshreg.registry.auth import hash_password
-from boshreg.registry.config import ConfigError, RegistryConfig, load_config, unknown_keys
+from boshreg.registry.config import RegistryConfig, load_config, unknown_keys
 from boshreg.registry.datadir import (
     DEFAULT_DATA_DIR,
     PASSWORD_FILE,
-    DataDirError,
     local_endpoint,
     with_instance_secret,
     zero_config,
     zero_config_for_reading,
 )
 from boshreg.registry.engine import build_engine
-from boshreg.registry.iaas import IaasSetupError
-from boshreg.registry.server import ServeError, bind, open_store, serve, startup_message
+from boshreg.registry.server import bind, open_store, serve, startup_message
 from boshreg.registry.store import SettingsStore
 from boshreg.testcloud.boot import boot
 from boshreg.testcloud.configdrive import drive_files, write_iso
@@ -55,10 +53,9 @@ from boshreg.testcloud.drill import ADDRESS_CHECK, DEFAULT_AGENT_DEADLINE, DRIVE
 from boshreg.testcloud.metadata import MetadataFaults, MetadataServer
 from boshreg.testcloud.netlab import DEFAULT_SUBNET
 from boshreg.testcloud.storm import MAX_VMS, storm
-from boshreg.testcloud.vms import TestCloudError, TestVm, default_meta_data, parse_listen, parse_vm_spec
+from boshreg.testcloud.vms import TestVm, default_meta_data, parse_listen, parse_vm_spec
 from boshreg.why import (
     READ_OK,
-    WhyError,
     registry_side_from_database,
     registry_side_from_endpoint,
     vm_side_from_trace,
@@ -69,24 +66,6 @@ from boshreg.why import diagnose as why_diagnose
 log = logging.getLogger("boshreg")
 
 EXIT_USAGE = 2
-
-# Errors that are the user's to fix: printed as one line, exit 2.
-USER_ERRORS = (
-    WhyError,
-    AgentConfigError,
-    ConfigError,
-    DataDirError,
-    ServeError,
-    EndpointError,
-    RegistryClientError,
-    LogSetupError,
-    UserDataError,
-    RequestError,
-    ManifestError,
-    TestCloudError,
-    SinceError,
-    IaasSetupError,
-)
 
 
 config_file_option = click.option(
@@ -132,7 +111,7 @@ def deadline_option(default: float, help: str) -> Callable[[FC], FC]:
     return click.option("--deadline", type=click.FloatRange(1, 600), default=default, show_default=True, help=help)
 
 
-class CliError(Exception):
+class CliError(BoshregError):
     """A problem with the command's input; printed as one line."""
 
 
@@ -962,24 +941,42 @@ def _endpoint(url: str | None, data_dir: Path) -> Endpoint:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the command, turning every user error into one line and exit code 2."""
+    """Entry point: run the command; every user error (a ``BoshregError``) is one line, or JSON, and exit 2.
+
+    Anything else that escapes is a bug, and keeps its traceback.
+    """
+    args = sys.argv[1:] if argv is None else argv
+    as_json = "--json" in args
     try:
         # Without standalone mode, click returns the code given to ctx.exit() instead of raising it.
-        code = cli.main(args=argv, prog_name="boshreg", standalone_mode=False)
+        code = cli.main(args=args, prog_name="boshreg", standalone_mode=False)
         return code if isinstance(code, int) else 0
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.exceptions.Abort:
         click.echo("boshreg: aborted", err=True)
         return 130
+    except click.exceptions.NoArgsIsHelpError as exc:  # a bare `boshreg` or group: its help, as --help shows it
+        click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
+        return 0
     except click.ClickException as exc:
-        click.echo(f"boshreg: error: {_one_line(exc.format_message())}{_usage_hint(exc)}", err=True)
-        return EXIT_USAGE
-    except (*USER_ERRORS, CliError) as exc:
-        click.echo(f"boshreg: error: {_one_line(str(exc))}", err=True)
-        return EXIT_USAGE
+        hint = _usage_hint(exc)  # " (see 'boshreg x --help')", or ""
+        return _fail(_one_line(exc.format_message()), hint.strip(" ()"), as_json, suffix=hint)
+    except BoshregError as exc:
+        return _fail(_one_line(exc.problem), _one_line(exc.fix), as_json)
     except KeyboardInterrupt:
         return 130
+
+
+def _fail(problem: str, fix: str, as_json: bool, suffix: str | None = None) -> int:
+    """Print a user error, redacted: one line on standard error, or under --json a JSON object on stdout."""
+    problem = redact_url(problem)  # fixes are ours (keys, examples with <password>): printed as written
+    if as_json:
+        click.echo(json.dumps({"error": problem, "fix": fix}, ensure_ascii=False))
+    else:
+        line = f"{problem}{suffix}" if suffix is not None else (f"{problem}; {fix}" if fix else problem)
+        click.echo(f"boshreg: error: {line}", err=True)
+    return EXIT_USAGE
 
 
 def _one_line(message: str) -> str:

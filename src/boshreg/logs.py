@@ -7,6 +7,7 @@ import sys
 import time
 
 from boshreg.bootstrap.endpoint import redact_url
+from boshreg.errors import BoshregError
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -32,7 +33,7 @@ class RedactingFormatter(logging.Formatter):
         return f"{self._second_text},{int(record.msecs):03d}"
 
 
-class LogSetupError(Exception):
+class LogSetupError(BoshregError):
     """The log file cannot be opened; the message names it and the key to change."""
 
 

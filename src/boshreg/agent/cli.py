@@ -37,10 +37,16 @@ EXIT_USAGE = 2
 
 
 class _OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line naming the problem and where to look, exit 2."""
+    """argparse, but a usage error is one line naming the problem and where to look (JSON under --json), exit 2."""
+
+    as_json = False
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"boshreg: error: {message} (see '{self.prog} --help')\n")
+        fix = f"see '{self.prog} --help'"
+        if _OneLineParser.as_json:
+            print(json.dumps({"error": message, "fix": fix}))
+            self.exit(EXIT_USAGE)
+        self.exit(EXIT_USAGE, f"boshreg: error: {message} ({fix})\n")
 
 
 def build_parser(prog: str = "boshreg agent") -> argparse.ArgumentParser:
@@ -165,11 +171,15 @@ def agent_settings_from(args: argparse.Namespace) -> AgentSettings:
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "boshreg agent") -> int:
+    _OneLineParser.as_json = "--json" in (sys.argv[1:] if argv is None else argv)
     args = build_parser(prog).parse_args(argv)
     try:
         chosen = agent_settings_from(args)
     except AgentConfigError as exc:
-        print(f"boshreg: error: {exc}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"error": exc.problem, "fix": exc.fix}))
+        else:
+            print(f"boshreg: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     key = KEY_SERVER_NAME if chosen.use_server_name else KEY_INSTANCE_ID
     try:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit
 
 from boshreg.bootstrap.net import ip_or_none, url_host
+from boshreg.errors import BoshregError
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 REDACTED = "***"
@@ -22,13 +23,8 @@ REDACTED = "***"
 _EXAMPLE = "http://admin:<password>@10.0.0.5:25777"
 
 
-class EndpointError(ValueError):
+class EndpointError(BoshregError, ValueError):
     """An endpoint that cannot be used; the message names the key to set and shows an example."""
-
-    def __init__(self, problem: str, fix: str = "") -> None:
-        self.problem = problem
-        self.fix = fix
-        super().__init__(f"{problem}; {fix}" if fix else problem)
 
 
 @dataclass(frozen=True)
@@ -158,27 +154,30 @@ def _normalize_host(host: str) -> str:
         return host.lower()
 
 
-# The authority runs to the first character that really ends it. Anything else (control characters,
-# quotes, Unicode spaces) is kept inside: redacting too much is safe, too little leaks.
+# The authority runs to the first character that really ends it; for redaction, a URL runs to the first
+# white space. Anything else (control characters, quotes, Unicode spaces) is kept inside: redacting too
+# much is safe, too little leaks.
 _AUTHORITY = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<authority>[^/?# \t\r\n]*)")
+_URL_WORD = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<word>[^ \t\r\n]*)")
 
 
 def redact_url(text: str) -> str:
     """Replace the password of every ``scheme://user:password@`` in ``text``.
 
-    Userinfo ends at the authority's *last* ``@``, so a password with a raw ``@`` is still hidden whole.
+    Userinfo runs to the *last* ``@`` of the word, so a password with a raw ``@``, ``/``, ``?`` or ``#``
+    (which end the authority for a URL parser, not for a reader) is still hidden whole.
     """
     if "://" not in text:
         return text  # nothing to redact; this runs on every log line
 
     def _redact(match: re.Match[str]) -> str:
-        userinfo, at, hostport = match["authority"].rpartition("@")
-        if not at:
-            return match[0]
+        userinfo, at, rest = match["word"].rpartition("@")
         user, colon, _password = userinfo.partition(":")
-        return f"{match['scheme']}{user}{':' + REDACTED if colon else ''}@{hostport}"
+        if not at or not colon:
+            return match[0]
+        return f"{match['scheme']}{user}:{REDACTED}@{rest}"
 
-    return _AUTHORITY.sub(_redact, text)
+    return _URL_WORD.sub(_redact, text)
 
 
 OLD_DEFAULT_PORT = 25695  # the port of the old deployer's default endpoint, http://admin:admin@localhost:25695

@@ -17,12 +17,13 @@ from boshreg.bootstrap import nova
 from boshreg.bootstrap.endpoint import Endpoint, EndpointError, parse_endpoint
 from boshreg.bootstrap.net import is_ip_address
 from boshreg.bootstrap.registry_key import registry_key_problem
+from boshreg.errors import BoshregError
 
 # Keys the agent reads from user data itself; the rest of a registry-less document is agent settings.
 BOOTSTRAP_KEYS = ("server", "registry", "dns", "openssh")
 
 
-class UserDataError(ValueError):
+class UserDataError(BoshregError, ValueError):
     """User data that cannot be built, decoded or used; the message names the key or field."""
 
 

@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import Engine, delete, func, insert, select
 from sqlalchemy import exc as sa_exc
 
+from boshreg.errors import BoshregError
 from boshreg.registry.tables import registry_events
 
 log = logging.getLogger(__name__)
@@ -248,7 +249,7 @@ def _aware(value: datetime) -> datetime:
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 
 
-class SinceError(ValueError):
+class SinceError(BoshregError, ValueError):
     """A --since that is not a duration."""
 
 

@@ -15,6 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from sqlalchemy.engine import URL, make_url
 
+from boshreg.errors import BoshregError
+
 DEFAULT_PORT = 25777
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 LOG_LEVELS = ("debug", "info", "warn", "warning", "error", "fatal")
@@ -46,7 +48,7 @@ class AdminSecret:
     password_hash: str | None = None
 
 
-class ConfigError(Exception):
+class ConfigError(BoshregError):
     """A config that cannot be used; the message names the key and the fix."""
 
 

@@ -15,12 +15,13 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from boshreg.errors import BoshregError
 from boshreg.registry.config import AwsConfig, CloudConfig, OpenStackConfig
 
 _INTERFACES = {"publicURL": "public", "internalURL": "internal", "adminURL": "admin"}
 
 
-class IaasSetupError(Exception):
+class IaasSetupError(BoshregError):
     """The configured cloud's SDK is not installed; the message says what to install."""
 
 

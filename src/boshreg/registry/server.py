@@ -23,6 +23,7 @@ import psutil
 import uvicorn
 
 from boshreg.bootstrap.endpoint import Endpoint
+from boshreg.errors import BoshregError
 from boshreg.registry.app import create_app
 from boshreg.registry.audit import AuditLog
 from boshreg.registry.config import RegistryConfig
@@ -36,7 +37,7 @@ PRIVATE_UMASK = 0o077  # files this process creates: readable by its owner only
 _WILDCARDS = {"0.0.0.0", "::", ""}  # noqa: S104 - names of "all interfaces", compared, not bound
 
 
-class ServeError(Exception):
+class ServeError(BoshregError):
     """The registry cannot start; the message names the cause and the setting to change."""
 
 

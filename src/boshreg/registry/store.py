@@ -24,6 +24,7 @@ from sqlalchemy.pool import QueuePool
 from sqlalchemy.sql.dml import Insert
 
 from boshreg.bootstrap.endpoint import redact_url
+from boshreg.errors import BoshregError
 from boshreg.registry.tables import metadata, registry_events, registry_instances
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ _GET_SETTINGS = select(registry_instances.c.settings).where(
 T = TypeVar("T")
 
 
-class StoreError(Exception):
+class StoreError(BoshregError):
     """Base of the store's errors."""
 
 

@@ -9,10 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from boshreg.errors import BoshregError
+
 _NAMESPACE = uuid.UUID("6ba7b811-9dad-11d1-80b4-00c04fd430c8")
 
 
-class TestCloudError(Exception):
+class TestCloudError(BoshregError):
     """A test cloud that cannot be set up as asked; the message names the VM, file or option."""
 
 
