@@ -30,6 +30,7 @@ from boshreg.cpi.credentials import per_vm_endpoint
 from boshreg.cpi.delivery import Delivery
 from boshreg.cpi.delivery import render as render_bootstrap
 from boshreg.cpi.inspect import inspect_request
+from boshreg.cpi.mode import CPIS, read_manifest, registry_mode
 from boshreg.doctor import diagnose, load_manifest
 from boshreg.errors import BoshregError
 from boshreg.logs import setup_logging
@@ -601,6 +602,26 @@ def inspect_command(ctx: click.Context, request_file: BinaryIO, agent_config: st
     else:
         click.echo(inspection.to_text())
     ctx.exit(0 if inspection.word is Word.PORTABLE else 1)
+
+
+@cli.command("mode")
+@click.argument("stemcell", metavar="STEMCELL.MF|STEMCELL.tgz", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--director", help="The director's version, e.g. 272.0.0 (it dropped its registry in 272.0.0).")
+@click.option("--cpi", type=click.Choice(CPIS), help="The CPI that creates the VMs.")
+@json_option
+def mode_command(stemcell: Path, director: str | None, cpi: str | None, as_json: bool) -> None:
+    """Do VMs of this stemcell need a registry? Who writes their settings where, and what to do.
+
+    \b
+    Examples:
+      boshreg mode stemcell.MF
+      boshreg mode trusty-stemcell.tgz --director 280.0.0 --cpi openstack-ruby
+    """
+    answer = registry_mode(read_manifest(stemcell), director=director, cpi=cpi)
+    if as_json:
+        _print_json(answer.to_json())
+    else:
+        click.echo(answer.to_text())
 
 
 @cli.command("doctor")
