@@ -117,7 +117,7 @@ class DrillVm:
             return False
         if self.predicted == Word.BROKEN:
             return not boot.booted
-        agreed = boot.booted and self.agent_said == self.predicted and self.reads_from in ([], [self.address])
+        agreed = boot.booted and self.agent_said == self.predicted and self.reads_from == [self.address]
         if self.predicted == Word.PORTABLE:
             return agreed and off.booted and not off.lost and fixed.booted
         return agreed and (not off.booted or bool(off.lost)) and fixed.booted
@@ -257,7 +257,7 @@ def _phases(
             for vm in lab.vms:  # the provider turns config drives off
                 (work_dir / vm.name / "config-drive.iso").unlink(missing_ok=True)
         if phase == PHASES[2]:
-            metadata.service.replace([_metadata_only(vm, request, work_dir) for vm, request in made])
+            metadata.service.replace([_metadata_only(vm, request) for vm, request in made])
         say(f"{number}. {phase}: every VM boots")
         late = None
         if phase == PHASES[0] and registry_late:  # the registry is down while the VMs first boot
@@ -284,8 +284,11 @@ def _create(
 ) -> tuple[TestVm, dict[str, Any]]:
     """Store the VM's settings as the CPI does and make its create request, Nova's view and its drive."""
     settings = example_settings(vm.name)
-    response = httpx.put(
-        admin.settings_url(vm.name), content=json.dumps(settings), auth=(admin.user or "", admin.password or "")
+    response = httpx.put(  # never through a proxy from the environment: the bridge is ours alone
+        admin.settings_url(vm.name),
+        content=json.dumps(settings),
+        auth=(admin.user or "", admin.password or ""),
+        trust_env=False,
     )
     if response.status_code != 200:
         raise TestCloudError(f"the registry refused the settings of {vm.name}: {response.status_code}")
@@ -317,7 +320,7 @@ def _create(
     return nova_vm, {"server": server}
 
 
-def _metadata_only(vm: TestVm, request: dict[str, Any], work_dir: Path) -> TestVm:
+def _metadata_only(vm: TestVm, request: dict[str, Any]) -> TestVm:
     """The fix: the CPI re-renders the user data metadata-only, with the public key in the one copy."""
     document = userdata.decode(base64.b64decode(request["server"]["user_data"]), "user_data")
     document["openssh"] = {"public_key": PUBLIC_KEY}
