@@ -87,7 +87,9 @@ def test_bad_config_value_is_one_line_naming_the_key(tmp_path: Path) -> None:
 
 
 def test_unwritable_logfile_is_one_line(tmp_path: Path) -> None:
-    (tmp_path / "r.yml").write_text("logfile: /nonexistent/dir/registry.log\nhttp: {password: x}\n")
+    (tmp_path / "r.yml").write_text(
+        f"logfile: /nonexistent/dir/registry.log\nhttp: {{password: x}}\ndata_dir: {tmp_path}/data\n"
+    )
     assert_one_line_error(boshreg("serve", "--config", "r.yml", cwd=tmp_path), "/nonexistent/dir/registry.log")
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import BinaryIO, TextIO, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from boshreg import __version__
 from boshreg.agent.agent_json import read_agent_settings
@@ -40,6 +41,7 @@ from boshreg.registry.config import RegistryConfig, load_config, unknown_keys
 from boshreg.registry.datadir import (
     DEFAULT_DATA_DIR,
     PASSWORD_FILE,
+    config_data_dir,
     local_endpoint,
     with_instance_secret,
     zero_config,
@@ -139,7 +141,10 @@ def cli() -> None:
     envvar="BOSHREG_PORT",
     help="Port to listen on (http.port, default 25777). [env: BOSHREG_PORT]",
 )
-def serve_command(config_file: Path | None, data_dir: Path, host: str | None, port: int | None) -> None:
+@click.pass_context
+def serve_command(
+    ctx: click.Context, config_file: Path | None, data_dir: Path, host: str | None, port: int | None
+) -> None:
     """Start the registry.
 
     With no config file it needs nothing: an SQLite database and a generated admin password in the
@@ -153,6 +158,8 @@ def serve_command(config_file: Path | None, data_dir: Path, host: str | None, po
     if config_file is not None:
         config = _with_overrides(load_config(config_file), host, port)
         password_file = None
+        given = ctx.get_parameter_source("data_dir") in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+        data_dir = data_dir if given else config_data_dir(config)
     else:
         config = zero_config(data_dir, host=host, port=port)
         password_file = str((data_dir / PASSWORD_FILE).resolve())

@@ -96,6 +96,7 @@ def write_config(
         "loglevel": loglevel,
         "http": {key: value for key, value in settings.items() if value is not None},
         "db": db,
+        "data_dir": str(path.parent / "data"),  # the test's own, whatever the database
     }
     if cloud is not None:
         config["cloud"] = cloud

@@ -188,9 +188,13 @@ class AuditConfig(_Section):
     max_rows: Annotated[int, Field(ge=100, le=100_000_000)] = 1_000_000
 
 
+SERVICE_DATA_DIR = "/var/lib/boshreg"  # a config-mode registry's data, when nothing says where
+
+
 class RegistryConfig(_Section):
     loglevel: str = "info"
     logfile: str | None = None
+    data_dir: str | None = None  # ours: the instance secret (and, without a db section, registry.db)
     http: HttpConfig = HttpConfig()
     db: DbConfig = DbConfig(database="registry.db")
     cloud: CloudConfig | None = None
@@ -281,6 +285,9 @@ def parse_config(data: Any, source: str = "config") -> RegistryConfig:
         raise ConfigError(
             f"{source}: expected a mapping of keys (loglevel, http, db, cloud), got {type(data).__name__}"
         )
+    if "db" not in data:  # never the current directory: a service manager may start us from /
+        data_dir = data.get("data_dir") or SERVICE_DATA_DIR
+        data = {**data, "db": {"adapter": "sqlite", "database": str(Path(str(data_dir)) / "registry.db")}}
     try:
         return RegistryConfig.model_validate(data)
     except ValidationError as exc:

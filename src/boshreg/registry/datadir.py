@@ -14,10 +14,12 @@ import string
 from collections.abc import Callable
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+
 from boshreg.bootstrap.credentials import generate_secret
 from boshreg.bootstrap.endpoint import Endpoint
 from boshreg.errors import BoshregError
-from boshreg.registry.config import DEFAULT_PORT, DbConfig, HttpConfig, RegistryConfig
+from boshreg.registry.config import DEFAULT_PORT, SERVICE_DATA_DIR, DbConfig, HttpConfig, RegistryConfig
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,19 @@ def _read_password(path: Path) -> str:
             "to have one generated (and update the VMs' endpoints)"
         )
     return password
+
+
+def config_data_dir(config: RegistryConfig) -> Path:
+    """Where a registry started with a config file keeps its data: ``data_dir``, else beside its SQLite
+    database, else /var/lib/boshreg; never the current directory."""
+    if config.data_dir:
+        return Path(config.data_dir)
+    url = make_url(config.db.url) if config.db.url else None
+    backend = url.get_backend_name() if url is not None else config.db.adapter
+    database = url.database if url is not None else config.db.database
+    if backend == "sqlite" and database not in (None, "", ":memory:"):
+        return Path(str(database)).resolve().parent
+    return Path(SERVICE_DATA_DIR)
 
 
 def with_instance_secret(config: RegistryConfig, data_dir: Path) -> RegistryConfig:
