@@ -6,7 +6,10 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -139,6 +142,28 @@ class RegistryLauncher:
         process = RegistryProcess(self.directory, [*args, "--port", str(port)], port, env, cafile)
         self.started.append(process)
         return process.start()
+
+    @contextmanager
+    def starting_late(
+        self, delay: float, then: Callable[[RegistryProcess], None] = lambda _registry: None
+    ) -> Iterator[RegistryProcess]:
+        """A registry (SQLite, config mode) that is not up yet: it starts ``delay`` s in, then runs ``then``."""
+        port = free_port()
+        config = write_config(self.directory / f"late-{port}.yml", f"sqlite:///{self.directory}/late-{port}.db", port)
+        late = RegistryProcess(self.directory, ["--config", str(config)], port)
+        self.started.append(late)
+
+        def start_later() -> None:
+            time.sleep(delay)
+            late.start()
+            then(late)
+
+        starter = threading.Thread(target=start_later)
+        starter.start()
+        try:
+            yield late
+        finally:
+            starter.join(timeout=30)
 
     def close(self) -> None:
         for process in self.started:

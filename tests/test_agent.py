@@ -6,7 +6,6 @@ import json
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -240,27 +239,18 @@ def test_invalid_user_data_stops_the_agent_at_the_source_it_kept(tmp_path: Path)
 # --- retries under the deadline ------------------------------------------------------------------
 
 
-def test_a_registry_that_comes_up_late_is_waited_for(tmp_path: Path, start_registry: RegistryLauncher) -> None:
-    port = free_port()
-    config = tmp_path / "late.yml"
-    config.write_text(
-        f"http: {{host: 127.0.0.1, port: {port}, password: {ADMIN_PASSWORD}}}\ndb: sqlite:///{tmp_path}/late.db\n"
-    )
-    late = RegistryProcess(tmp_path, ["--config", str(config)], port)
-    start_registry.started.append(late)
+def store_late_vm(late: RegistryProcess) -> None:
+    store(late, "vm-late", settings_for("vm-late"))
 
-    def start_late() -> None:
-        time.sleep(1.0)
-        late.start()
-        store(late, "vm-late", settings_for("vm-late"))
 
-    starter = threading.Thread(target=start_late)
-    starter.start()
-    with metadata_service(
-        vm("vm-late", registry_user_data("vm-late", f"http://admin:{ADMIN_PASSWORD}@127.0.0.1:{port}"))
-    ) as service:
+def test_a_registry_that_comes_up_late_is_waited_for(start_registry: RegistryLauncher) -> None:
+    with (
+        start_registry.starting_late(1.0, then=store_late_vm) as late,
+        metadata_service(
+            vm("vm-late", registry_user_data("vm-late", f"http://admin:{ADMIN_PASSWORD}@127.0.0.1:{late.port}"))
+        ) as service,
+    ):
         resolution = resolve([HttpSource(service.url)], deadline=30)
-    starter.join(timeout=30)
     assert resolution.settings == settings_for("vm-late")
     assert resolution.trace.steps[-1].attempts > 1
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +18,7 @@ from boshreg.testcloud.metadata import MetadataFaults, MetadataServer
 from conftest import RegistryLauncher
 from support.chain import registry_user_data, settings_for, store, vm
 from support.cli import boshreg
-from support.registry import ADMIN_PASSWORD, RegistryProcess, free_port
+from support.registry import ADMIN_PASSWORD, RegistryProcess
 
 AUDIT_WAIT_SECONDS = 10
 
@@ -47,9 +46,9 @@ def registry(start_registry: RegistryLauncher) -> RegistryProcess:
 
 
 @contextmanager
-def served(name: str, registry: RegistryProcess, faults: MetadataFaults, port: int | None = None) -> Iterator[str]:
+def served(name: str, registry: RegistryProcess, faults: MetadataFaults) -> Iterator[str]:
     """The metadata service for ``name``, with ``faults``; yields its URL."""
-    endpoint = f"http://admin:{ADMIN_PASSWORD}@127.0.0.1:{port or registry.port}"
+    endpoint = f"http://admin:{ADMIN_PASSWORD}@127.0.0.1:{registry.port}"
     server = MetadataServer("127.0.0.1", 0, [vm(name, registry_user_data(name, endpoint))], faults=faults).start()
     try:
         yield server.url
@@ -150,28 +149,13 @@ def test_a_faulty_drive_is_passed_over_for_the_metadata_service(
 
 
 def test_a_registry_that_is_down_at_first_is_waited_for(start_registry: RegistryLauncher, tmp_path: Path) -> None:
-    port = free_port()
-    config = tmp_path / "late.yml"
-    config.write_text(
-        f"http: {{host: 127.0.0.1, port: {port}, password: {ADMIN_PASSWORD}}}\ndb: sqlite:///{tmp_path}/late.db\n"
-    )
-    late = RegistryProcess(tmp_path, ["--config", str(config)], port)
-    start_registry.started.append(late)
-
-    def start_later() -> None:
-        time.sleep(2.0)
-        late.start()
+    def stored(late: RegistryProcess) -> None:
         store(late, "vm-late", settings_for("vm-late"))
 
-    starter = threading.Thread(target=start_later)
-    starter.start()
-    try:
-        with served("vm-late", late, MetadataFaults(), port=port) as url:
-            outcome = resolve_and_why(
-                "vm-late", str(config), tmp_path, *no_drive(tmp_path), "--metadata-url", url, reads=1
-            )
-    finally:
-        starter.join(timeout=30)
+    with start_registry.starting_late(2.0, then=stored) as late, served("vm-late", late, MetadataFaults()) as url:
+        outcome = resolve_and_why(
+            "vm-late", config_of(late), tmp_path, *no_drive(tmp_path), "--metadata-url", url, reads=1
+        )
     assert outcome.code == 0
     assert outcome.step("registry", "ok")["attempts"] > 1
     assert outcome.why["diagnosis"] == "read-ok"

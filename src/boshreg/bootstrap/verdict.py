@@ -214,7 +214,9 @@ def _lost_without_drive(fed: Reading, other: Reading | None) -> list[str]:
         return ["no other source in the agent's order gives user data"]
     if other.problem is not None or other.document is None:
         return [f"{other.fed_by}: {other.problem or 'no user data'}"]
-    lost = [f"the {KIND_NAMES[other.kind]} gives other user data: {d}" for d in differences(fed, other)]
+    other_name = KIND_NAMES.get(other.kind, other.kind)
+    found = flat_differences(fed.document or {}, other.document or {}, "drive", other_name)
+    lost = [f"the {other_name} gives other user data: {difference}" for difference in found]
     if fed.registry_key != other.registry_key:
         lost.append(f"the registry key would be {other.registry_key!r}, not {fed.registry_key!r}")
     if fed.public_key and fed.public_key != other.public_key:
@@ -226,23 +228,10 @@ def _lost_without_drive(fed: Reading, other: Reading | None) -> list[str]:
     return lost
 
 
-def differences(drive: Reading, other: Reading) -> list[str]:
-    """What differs between the drive's user data and another source's, key by key (values redacted)."""
-    left = _flatten(drive.document or {})
-    right = _flatten(other.document or {})
-    other_name = KIND_NAMES.get(other.kind, other.kind)
-    found = [f"{key} is only on the drive" for key in sorted(left.keys() - right.keys())]
-    found += [f"{key} is only on the {other_name}" for key in sorted(right.keys() - left.keys())]
-    for key in sorted(left.keys() & right.keys()):
-        if left[key] != right[key]:
-            found.append(f"{key} differs (drive {_show(left[key])}, {other_name} {_show(right[key])})")
-    return found
-
-
 def flat_differences(
     first: Mapping[str, Any], second: Mapping[str, Any], first_name: str, second_name: str
 ) -> list[str]:
-    """Key-by-key differences of two documents, for comparing copies of user data in a request."""
+    """Key-by-key differences of two copies of user data (values redacted): a request's, or two sources'."""
     left, right = _flatten(first), _flatten(second)
     found = [f"only the {first_name} copy has {key}" for key in sorted(left.keys() - right.keys())]
     found += [f"only the {second_name} copy has {key}" for key in sorted(right.keys() - left.keys())]

@@ -187,14 +187,16 @@ class RegistryApi:
                 f"too many failed authentications from {client}; retry in {wait} s",
                 **{"Retry-After": str(wait)},
             )
-        if self.auth.needs_hash_check(header):
+        if self.auth.needs_hash_check_of(presented):
             # The failure is counted before the slow check, so concurrent guesses cannot all reach bcrypt.
             reserved = self.throttle.reserve(client, user)
-            identity = await anyio.to_thread.run_sync(self.auth.identify, header, limiter=self.hash_limiter)
+            identity = await anyio.to_thread.run_sync(
+                self.auth.identify_of, bool(header), presented, limiter=self.hash_limiter
+            )
             if identity.caller is not Caller.REFUSED:
                 self.throttle.release(client, user, reserved)
         else:
-            identity = self.auth.identify(header)
+            identity = self.auth.identify_of(bool(header), presented)
             if identity.caller is Caller.REFUSED:
                 self.throttle.failed(client, user)
         access = decide(

@@ -78,7 +78,10 @@ class Authenticator:
 
     def needs_hash_check(self, header: str | None) -> bool:
         """True when identifying this request means a slow bcrypt check (run it off the event loop)."""
-        credentials = parse_basic(header)
+        return self.needs_hash_check_of(parse_basic(header))
+
+    def needs_hash_check_of(self, credentials: tuple[str, str] | None) -> bool:
+        """``needs_hash_check`` for a header already parsed (the hot path parses it once)."""
         if credentials is None or not self._hashed:
             return False
         user, password = credentials
@@ -92,8 +95,11 @@ class Authenticator:
         An unknown user costs what a wrong password does (a decoy bcrypt check when admins are hashed),
         so the time of a refusal does not tell which user names exist.
         """
-        credentials = parse_basic(header)
-        if header and credentials is None:
+        return self.identify_of(bool(header), parse_basic(header))
+
+    def identify_of(self, header_present: bool, credentials: tuple[str, str] | None) -> Identity:
+        """``identify`` for a header already parsed (the hot path parses it once)."""
+        if header_present and credentials is None:
             return Identity(Caller.REFUSED)  # another scheme (Bearer, Digest): not ours
         if credentials is None:
             return Identity(Caller.ANONYMOUS)
