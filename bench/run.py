@@ -1,10 +1,11 @@
 """make bench: the registry from this checkout under load on loopback, against nginx serving the same body.
 
-Figures: GET requests/s and p50/p99/p99.9 latency (wrk, 2 threads, 256 connections, after a warm-up) on
-SQLite and PostgreSQL with 100,000 stored instances of 4 KiB; the same load against nginx and the ratio;
-GET throughput at 1k, 100k and 1M stored instances (SQLite); PUT throughput with 16 writers; the
-registry's peak RSS; a boot storm of 10,000 VMs (``boshreg testcloud storm``). Writes bench/results.json.
-Environment: BENCH_SECONDS (10), BENCH_QUICK=1 (skip 1M, storm 1,000 VMs).
+In one run: nginx first (64 and 256 connections); on SQLite with 100,000 stored instances of 4 KiB, the
+hot GET (2,000 instances read at random, each with its VM's own credential) on each candidate stack
+(``candidate.py``), PUT with 16 writers, the cold GET (cache off, all 100,000); the same hot and cold GETs
+on PostgreSQL; GET at 1k, 100k and 1M stored (cache off); a boot storm of 10,000 VMs; nginx last. Ratios
+are against the mean of the two nginx runs at the same connection count; their drift is reported.
+Writes bench/results.json. Environment: BENCH_SECONDS (10), BENCH_QUICK=1 (skip 1M, storm 1,000 VMs).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import yaml
 from sqlalchemy import create_engine, insert, text
 from sqlalchemy.engine import URL, make_url
 
+from boshreg.bootstrap.credentials import instance_token
 from boshreg.registry.tables import metadata, registry_instances
 from boshreg.testcloud.storm import storm
 
@@ -42,6 +44,15 @@ STORED = 100_000
 SCALES = (1_000, 100_000) if os.environ.get("BENCH_QUICK") else (1_000, 100_000, 1_000_000)
 STORM_VMS = 1_000 if os.environ.get("BENCH_QUICK") else 10_000
 STORM_CONCURRENCY = 256
+HOT = 2_000  # instances read again and again (retries, polling, restarts): the cache's case
+CONNECTIONS = (64, 256)
+STACKS = ("front", "uvloop", "uvicorn")  # see candidate.py
+STACK_LABELS = {
+    "front": "our front, asyncio (chosen)",
+    "uvloop": "our front, uvloop",
+    "uvicorn": "uvicorn + Starlette, same app",
+}
+INSTANCE_SECRET = secrets.token_hex(24)
 POSTGRES = os.environ.get("BOSHREG_TEST_POSTGRES_URL", "postgresql+psycopg://postgres:postgres@127.0.0.1:5432/postgres")
 PASSWORD = secrets.token_hex(12)
 AUTH = base64.b64encode(f"admin:{PASSWORD}".encode()).decode()
@@ -134,8 +145,20 @@ class PeakRss:
         self._thread.join(timeout=2)
 
 
+def credentials(workdir: Path, count: int) -> Path:
+    """A file of ``vm-N <base64 of vm-N:token>`` lines: each VM reads with its own credential, as agents do."""
+    path = workdir / f"credentials-{count}.txt"
+    lines = []
+    for n in range(count):
+        user = f"vm-{n}"
+        lines.append(f"{user} {base64.b64encode(f'{user}:{instance_token(INSTANCE_SECRET, user)}'.encode()).decode()}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 @contextmanager
-def registry(workdir: Path, url: URL) -> Iterator[tuple[str, int]]:
+def registry(workdir: Path, url: URL, stack: str = "front", **http: Any) -> Iterator[tuple[str, int]]:
+    """``boshreg serve`` with every feature on: access log (to a file), audit trail, throttle, per-VM credentials."""
     port = free_port()
     config = workdir / f"registry-{port}.yml"
     config.write_text(
@@ -143,22 +166,21 @@ def registry(workdir: Path, url: URL) -> Iterator[tuple[str, int]]:
             {
                 "loglevel": "info",
                 "logfile": str(workdir / f"registry-{port}.log"),
+                "data_dir": str(workdir / "data"),
                 "http": {
                     "host": "127.0.0.1",
                     "port": port,
                     "user": "admin",
                     "password": PASSWORD,
-                    "auth_throttle": {"max_failures": 100_000},
+                    "instance_secret": INSTANCE_SECRET,
+                    **http,
                 },
                 "db": url.render_as_string(hide_password=False),
             }
         )
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "boshreg", "serve", "--config", str(config), "--data-dir", str(workdir / "data")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    command = [sys.executable, str(HERE / "candidate.py"), stack, "serve", "--config", str(config)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -177,8 +199,10 @@ def registry(workdir: Path, url: URL) -> Iterator[tuple[str, int]]:
         process.wait(timeout=20)
 
 
-def wrk(base: str, script: str, connections: int, instances: int, seconds: float = SECONDS) -> dict[str, Any]:
-    env = {**os.environ, "BENCH_INSTANCES": str(instances), "BENCH_AUTH": AUTH, "BENCH_DIR": str(HERE)}
+def wrk(
+    base: str, script: str, connections: int, instances: int, seconds: float = SECONDS, **env_: str
+) -> dict[str, Any]:
+    env = {**os.environ, "BENCH_INSTANCES": str(instances), "BENCH_AUTH": AUTH, "BENCH_DIR": str(HERE), **env_}
     command = ["wrk", "-t2", f"-c{connections}", "--timeout", "10s", "-s", str(HERE / script), base]
     subprocess.run([*command[:1], "-d", f"{WARMUP:g}s", *command[1:]], env=env, capture_output=True, check=True)
     output = subprocess.run(
@@ -186,24 +210,34 @@ def wrk(base: str, script: str, connections: int, instances: int, seconds: float
     ).stdout
     line = next(line for line in output.splitlines() if line.startswith("BENCH "))
     requests, duration_us, p50, p99, p999, errors, non2xx = (int(x) for x in line.split()[1:])
-    return {
+    result = {
         "requests_per_s": round(requests / (duration_us / 1e6)),
         "p50_ms": p50 / 1000,
         "p99_ms": p99 / 1000,
         "p999_ms": p999 / 1000,
         "socket_errors": errors,
         "non_2xx": non2xx,
+        "connections": connections,
     }
+    if non2xx or errors:
+        print(f"bench: {non2xx} non-2xx answers and {errors} socket errors at {base} ({script})", flush=True)
+    return result
 
 
-def nginx(workdir: Path) -> dict[str, Any]:
+def reads(base: str, connections: int, credentials_file: Path, seconds: float = SECONDS) -> dict[str, Any]:
+    """Random reads, each with the VM's own credential."""
+    return wrk(base, "get_own.lua", connections, 0, seconds, BENCH_CREDENTIALS=str(credentials_file))
+
+
+@contextmanager
+def nginx_server(workdir: Path) -> Iterator[str]:
     root = workdir / "nginx"
-    (root / "html").mkdir(parents=True, mode=0o755)
+    (root / "html").mkdir(parents=True, mode=0o755, exist_ok=True)
     (root / "html" / "settings.json").write_text(json.dumps({"status": "ok", "settings": settings_document(1)}))
     port = free_port()
     conf = root / "nginx.conf"
     temp = " ".join(f"{kind}_temp_path {root}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    conf.write_text(f"""worker_processes auto; pid {root}/nginx.pid; error_log {root}/error.log;
+    conf.write_text(f"""worker_processes 2; pid {root}/nginx.pid; error_log {root}/error.log;
 events {{ worker_connections 4096; }}
 http {{ access_log off; {temp}
   server {{ listen 127.0.0.1:{port}; root {root}/html;
@@ -212,12 +246,15 @@ http {{ access_log off; {temp}
     subprocess.run(["/usr/sbin/nginx", "-c", str(conf)], check=True)
     try:
         time.sleep(0.5)
-        result = wrk(f"http://127.0.0.1:{port}", "get.lua", 256, STORED)
-        if result["non_2xx"]:
-            raise SystemExit(f"bench: nginx answered {result['non_2xx']} requests with errors; see {root}/error.log")
-        return result
+        yield f"http://127.0.0.1:{port}"
     finally:
         subprocess.run(["/usr/sbin/nginx", "-c", str(conf), "-s", "stop"], check=False)
+
+
+def nginx(workdir: Path) -> dict[str, Any]:
+    """nginx serving the same body as a static file, at both connection counts."""
+    with nginx_server(workdir) as base:
+        return {f"c{c}": wrk(base, "get.lua", c, STORED) for c in CONNECTIONS}
 
 
 def main() -> int:
@@ -225,82 +262,126 @@ def main() -> int:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
         f"{psutil.virtual_memory().total // 2**30} GiB, Python {platform.python_version()}",
-        "load": f"wrk -t2 -c256, {WARMUP:g} s warm-up, {SECONDS:g} s measured; 4 KiB settings",
+        "load": f"wrk -t2, {WARMUP:g} s warm-up, {SECONDS:g} s measured; 4 KiB settings; two registry workers; "
+        "every feature on (access log to a file, audit trail, throttle, per-VM credentials)",
     }
     with tempfile.TemporaryDirectory(prefix="boshreg-bench-") as temporary:
         workdir = Path(temporary)
         workdir.chmod(0o755)  # nginx's workers (not root) must reach the file they serve
-        print("nginx, static 4 KiB file ...", flush=True)
-        results["nginx"] = nginx(workdir)
-        backends = {"sqlite": URL.create("sqlite", database=str(workdir / "bench.db"))}
+        print("nginx, static 4 KiB file (first) ...", flush=True)
+        results["nginx_first"] = nginx(workdir)
+        hot, cold = credentials(workdir, HOT), credentials(workdir, STORED)
+        sqlite = URL.create("sqlite", database=str(workdir / "bench.db"))
+        print(f"sqlite: loading {STORED:,} instances ...", flush=True)
+        load(sqlite, STORED)
+        for stack in STACKS:
+            with registry(workdir, sqlite, stack) as (base, pid), PeakRss(pid) as rss:
+                print(f"sqlite, {stack}: hot GET ({HOT:,} instances) ...", flush=True)
+                results[f"hot_sqlite_{stack}"] = {f"c{c}": reads(base, c, hot) for c in CONNECTIONS}
+                if stack == "front":
+                    print("sqlite: PUT, 16 writers ...", flush=True)
+                    results["put_sqlite"] = wrk(base, "put.lua", 16, STORED)
+            results[f"hot_sqlite_{stack}"]["peak_rss_mib"] = round(rss.peak / 2**20, 1)
+        with registry(workdir, sqlite, cache_bytes=0) as (base, pid), PeakRss(pid) as rss:
+            print(f"sqlite: cold GET ({STORED:,} instances, cache off) ...", flush=True)
+            results["cold_sqlite"] = {"c256": reads(base, 256, cold)}
         with postgres_database() as pg_url:
-            backends["postgres"] = pg_url
-            for name, url in backends.items():
-                print(f"{name}: loading {STORED:,} instances ...", flush=True)
-                load(url, STORED)
-                with registry(workdir, url) as (base, pid), PeakRss(pid) as rss:
-                    print(f"{name}: GET ...", flush=True)
-                    results[f"get_{name}"] = wrk(base, "get.lua", 256, STORED)
-                    print(f"{name}: PUT, 16 writers ...", flush=True)
-                    results[f"put_{name}"] = wrk(base, "put.lua", 16, STORED)
-                results[f"get_{name}"]["peak_rss_mib"] = round(rss.peak / 2**20, 1)
+            print(f"postgres: loading {STORED:,} instances ...", flush=True)
+            load(pg_url, STORED)
+            with registry(workdir, pg_url) as (base, pid), PeakRss(pid) as rss:
+                print("postgres: hot GET ...", flush=True)
+                results["hot_postgres"] = {f"c{c}": reads(base, c, hot) for c in CONNECTIONS}
+                print("postgres: PUT, 16 writers ...", flush=True)
+                results["put_postgres"] = wrk(base, "put.lua", 16, STORED)
+            results["hot_postgres"]["peak_rss_mib"] = round(rss.peak / 2**20, 1)
+            with registry(workdir, pg_url, cache_bytes=0) as (base, _pid):
+                print("postgres: cold GET (cache off) ...", flush=True)
+                results["cold_postgres"] = {"c256": reads(base, 256, cold)}
         for count in SCALES:
             url = URL.create("sqlite", database=str(workdir / f"scale-{count}.db"))
-            print(f"scaling: {count:,} instances ...", flush=True)
+            print(f"scaling: {count:,} instances (cache off) ...", flush=True)
             load(url, count)
-            with registry(workdir, url) as (base, _pid):
+            with registry(workdir, url, cache_bytes=0) as (base, pid), PeakRss(pid) as rss:
                 results[f"scale_{count}"] = wrk(base, "get.lua", 256, count, seconds=min(SECONDS, 5))
+            results[f"scale_{count}"]["peak_rss_mib"] = round(rss.peak / 2**20, 1)
             Path(url.database or "").unlink(missing_ok=True)
         print(f"boot storm: {STORM_VMS:,} VMs, {STORM_CONCURRENCY} at a time ...", flush=True)
         report = storm(workdir / "storm", vms=STORM_VMS, concurrency=STORM_CONCURRENCY, say=lambda _line: None)
         if not report.ok:
             raise SystemExit(f"bench: the boot storm failed:\n{report.to_text()}")
         results["boot_storm"] = {key: value for key, value in report.to_json().items() if key != "errors"}
-    for name in ("sqlite", "postgres"):
-        results[f"get_{name}"]["ratio_to_nginx"] = round(
-            results[f"get_{name}"]["requests_per_s"] / results["nginx"]["requests_per_s"], 4
-        )
+        print("nginx, static 4 KiB file (last) ...", flush=True)
+        results["nginx_last"] = nginx(workdir)
+    add_ratios(results)
     (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
     return 0
 
 
+def add_ratios(results: dict[str, Any]) -> None:
+    """Each GET figure against nginx at the same connection count (the mean of the runs before and after)."""
+    nginx_rate = {}
+    for c in CONNECTIONS:
+        first = results["nginx_first"][f"c{c}"]["requests_per_s"]
+        last = results["nginx_last"][f"c{c}"]["requests_per_s"]
+        nginx_rate[f"c{c}"] = (first + last) / 2
+        results.setdefault("nginx_drift", {})[f"c{c}"] = round(last / first - 1, 4)
+    for key, value in results.items():
+        if key.startswith(("hot_", "cold_")):
+            for conns, figures in value.items():
+                if conns in nginx_rate:
+                    figures["ratio_to_nginx"] = round(figures["requests_per_s"] / nginx_rate[conns], 4)
+
+
 def table(results: dict[str, Any]) -> str:
-    rows = [("what", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "notes")]
-    for key, label in (
-        ("nginx", "nginx, static file"),
-        ("get_sqlite", "GET, SQLite"),
-        ("get_postgres", "GET, PostgreSQL"),
-        ("put_sqlite", "PUT x16, SQLite"),
-        ("put_postgres", "PUT x16, PostgreSQL"),
-        *((f"scale_{n}", f"GET, {n:,} stored") for n in SCALES),
-    ):
-        r = results[key]
-        notes = []
-        if "ratio_to_nginx" in r:
-            notes.append(f"{r['ratio_to_nginx']:.1%} of nginx")
-        if "peak_rss_mib" in r:
-            notes.append(f"peak RSS {r['peak_rss_mib']} MiB")
+    rows = [("what", "conns", "req/s", "x nginx", "p50 ms", "p99 ms", "p99.9 ms", "errors", "peak RSS MiB")]
+
+    def row(label: str, figures: dict[str, Any], rss: Any = "") -> None:
+        ratio = figures.get("ratio_to_nginx")
         rows.append(
             (
                 label,
-                f"{r['requests_per_s']:,}",
-                f"{r['p50_ms']:.2f}",
-                f"{r['p99_ms']:.2f}",
-                f"{r['p999_ms']:.2f}",
-                str(r["socket_errors"] + r["non_2xx"]),
-                ", ".join(notes),
+                str(figures["connections"]),
+                f"{figures['requests_per_s']:,}",
+                f"{ratio:.2f}" if ratio is not None else "",
+                f"{figures['p50_ms']:.2f}",
+                f"{figures['p99_ms']:.2f}",
+                f"{figures['p999_ms']:.2f}",
+                str(figures["socket_errors"] + figures["non_2xx"]),
+                str(rss),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)) for row in rows]
+
+    labels = {
+        "nginx_first": "nginx, static file (first)",
+        **{f"hot_sqlite_{stack}": f"hot GET, SQLite, {STACK_LABELS[stack]}" for stack in STACKS},
+        "cold_sqlite": f"cold GET, SQLite ({STORED:,}, cache off)",
+        "hot_postgres": "hot GET, PostgreSQL",
+        "cold_postgres": f"cold GET, PostgreSQL ({STORED:,}, cache off)",
+        "nginx_last": "nginx, static file (last)",
+    }
+    for key, label in labels.items():
+        group = results[key]
+        for conns in (f"c{c}" for c in CONNECTIONS):
+            if conns in group:
+                row(label, group[conns], group.get("peak_rss_mib", ""))
+    for key, label in (("put_sqlite", "PUT x16, SQLite"), ("put_postgres", "PUT x16, PostgreSQL")):
+        row(label, results[key])
+    for n in SCALES:
+        row(f"GET, {n:,} stored (SQLite, cache off)", results[f"scale_{n}"], results[f"scale_{n}"]["peak_rss_mib"])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)) for r in rows]
     boot = results["boot_storm"]
     storm_line = (
         f"boot storm: {boot['vms']:,} VMs, {boot['concurrency']} at a time: all resolved in {boot['seconds']:.1f} s "
         f"(CPI stored them in {boot['cpi_seconds']:.1f} s); per VM p50 {boot['per_vm_ms']['p50']:.1f} ms, "
         f"p99 {boot['per_vm_ms']['p99']:.1f} ms; registry GET p99 {boot['registry_ms']['p99']:.1f} ms"
     )
-    return "\n".join([f"{results['date']}  {results['machine']}", results["load"], "", *lines, "", storm_line])
+    drift = ", ".join(f"{k} {v:+.1%}" for k, v in results["nginx_drift"].items())
+    return "\n".join(
+        [f"{results['date']}  {results['machine']}", results["load"], f"nginx drift, last vs first: {drift}", "",
+         *lines, "", storm_line]
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

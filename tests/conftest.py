@@ -132,6 +132,7 @@ class RegistryLauncher:
         loglevel: str = "info",
         cafile: str | None = None,
         cloud: dict[str, Any] | None = None,
+        wrapper: list[str] | None = None,
         **http: Any,
     ) -> RegistryProcess:
         port = free_port()
@@ -139,7 +140,7 @@ class RegistryLauncher:
             db_text = url_text(db) if isinstance(db, URL) else db or f"sqlite:///{self.directory}/registry.db"
             config = write_config(self.directory / f"registry-{port}.yml", db_text, port, loglevel, cloud, **http)
             args = ["--config", str(config)]
-        process = RegistryProcess(self.directory, [*args, "--port", str(port)], port, env, cafile)
+        process = RegistryProcess(self.directory, [*args, "--port", str(port)], port, env, cafile, wrapper)
         self.started.append(process)
         return process.start()
 

@@ -27,8 +27,15 @@ class RegistryProcess:
     """One registry process; its stdout and stderr are kept for assertions."""
 
     def __init__(
-        self, workdir: Path, args: list[str], port: int, env: dict[str, str] | None = None, cafile: str | None = None
+        self,
+        workdir: Path,
+        args: list[str],
+        port: int,
+        env: dict[str, str] | None = None,
+        cafile: str | None = None,
+        wrapper: list[str] | None = None,
     ) -> None:
+        self.wrapper = wrapper or []  # e.g. prlimit, to start the server under a file limit
         self.cafile = cafile  # set: the registry serves https, trusted through this CA
         self.workdir = workdir
         self.args = args
@@ -45,7 +52,7 @@ class RegistryProcess:
     def start(self) -> RegistryProcess:
         with self.stdout_path.open("ab") as out, self.stderr_path.open("ab") as err:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "boshreg", "serve", *self.args],
+                [*self.wrapper, sys.executable, "-m", "boshreg", "serve", *self.args],
                 cwd=self.workdir,
                 stdout=out,
                 stderr=err,

@@ -1,59 +1,83 @@
 """One access-log line per request: method, path, status, milliseconds, client address.
 
-Written as plain ASGI middleware so the line is logged after the response went out, with the time it
-really took. The path is logged from the raw bytes with anything unprintable escaped (no log injection);
-headers, and so credentials, are never logged.
+Written by the HTTP front after the response went out, with the time it really took, in the format of
+every other log line. A line through ``logging`` cost ~15 µs, a tenth of a cached read's budget: lines
+are formatted directly and written together once per turn of the event loop (one write for all the
+requests answered in it, at once when the registry is idle). The path is logged from the raw bytes with
+anything unprintable escaped (no log injection), URL passwords redacted; headers, and so credentials,
+are never logged.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from typing import TextIO
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from boshreg.bootstrap.endpoint import redact_url
 
 log = logging.getLogger("boshreg.access")
 
 
-class AccessLogMiddleware:
-    """Wraps an ASGI app and logs each HTTP request it answers."""
+class AccessLog:
+    """Buffers this process's access-log lines and writes them through the log's own handler."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    def __init__(self) -> None:
+        self._lines: list[str] = []
+        self._scheduled = False
+        self._second = -1
+        self._second_text = ""
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+    def line(self, method: str, raw_path: bytes, status: int, started: float, client: str) -> None:
+        """Note one answered request; written at the end of this turn of the event loop."""
+        if not log.isEnabledFor(logging.INFO):
             return
-        started = time.perf_counter()
-        status = 500  # what the client sees if the app fails before answering
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second, self._second_text = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        self._lines.append(
+            f"{self._second_text},{int(now % 1 * 1000):03d} INFO boshreg.access: "
+            f"{method} {printable_path(raw_path)} {status} {elapsed_ms:.1f}ms {client}\n"
+        )
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
 
-        async def send_and_note_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+    def flush(self) -> None:
+        """Write the buffered lines in one go, under the handler's lock (other threads log through it too)."""
+        self._scheduled = False
+        if not self._lines:
+            return
+        text, self._lines = "".join(self._lines), []
+        handler = _stream_handler()
+        if handler is None:
+            for entry in text.splitlines():
+                log.info("%s", entry.split(": ", 1)[1])
+            return
+        handler.acquire()
         try:
-            await self.app(scope, receive, send_and_note_status)
+            stream: TextIO = handler.stream
+            stream.write(text)
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # a full disk or a closed stream must not take requests down; logging itself drops such lines too
         finally:
-            elapsed_ms = (time.perf_counter() - started) * 1000
-            log.info(
-                "%s %s %d %.1fms %s",
-                scope["method"],
-                _printable_path(scope),
-                status,
-                elapsed_ms,
-                _client(scope),
-            )
+            handler.release()
 
 
-def _printable_path(scope: Scope) -> str:
-    raw = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogateescape")
+def _stream_handler() -> logging.StreamHandler[TextIO] | None:
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler):
+            return handler
+    return None
+
+
+def printable_path(raw: bytes) -> str:
+    """The request target as sent, unprintable bytes escaped, passwords of URLs in it redacted."""
     text = raw.decode("ascii", "backslashreplace")
-    return "".join(c if c.isprintable() and c != " " else f"\\x{ord(c):02x}" for c in text)
-
-
-def _client(scope: Scope) -> str:
-    client = scope.get("client")
-    return str(client[0]) if client else "-"
+    if not (text.isprintable() and " " not in text):
+        text = "".join(c if c.isprintable() and c != " " else f"\\x{ord(c):02x}" for c in text)
+    return redact_url(text) if "@" in text else text

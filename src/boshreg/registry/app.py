@@ -7,9 +7,11 @@ where we add one, an ``error`` message the caller can act on.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
+import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
@@ -24,9 +26,9 @@ from starlette.routing import Route
 from boshreg.bootstrap.credentials import instance_token
 from boshreg.bootstrap.registry_key import REGISTRY_KEY
 from boshreg.registry.access import Decision, decide
-from boshreg.registry.access_log import AccessLogMiddleware
 from boshreg.registry.audit import EVENTS_DEFAULT, EVENTS_MAX, AuditLog, query_events
 from boshreg.registry.auth import REALM, Authenticator, Caller, Identity, parse_basic
+from boshreg.registry.cache import NoWatch, ResponseCache, SharedMarker
 from boshreg.registry.config import RegistryConfig
 from boshreg.registry.iaas import (
     IaasUnavailable,
@@ -37,6 +39,7 @@ from boshreg.registry.iaas import (
 )
 from boshreg.registry.openapi import OPENAPI
 from boshreg.registry.payload import PayloadError, check_instance_id, check_settings
+from boshreg.registry.peer import client_address
 from boshreg.registry.store import SettingsRejected, SettingsStore, StoreUnavailable, pool_size
 from boshreg.registry.throttle import AuthThrottle
 
@@ -45,6 +48,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 OK = {"status": "ok"}
+ANONYMOUS = Identity(Caller.ANONYMOUS)
 CLOUD_LOOKUPS = 4  # cloud API calls in flight at once, per worker process
 HASH_CHECKS = 2  # bcrypt checks at once, per worker process
 ADDRESS_REFUSED = "Instance IP mismatch: the caller's address is not one the cloud gives this instance"
@@ -98,6 +102,42 @@ class RegistryApi:
         self.cloud_limiter = anyio.CapacityLimiter(CLOUD_LOOKUPS)
         # bcrypt checks wait on their own threads: guesses cannot delay reads or the address check.
         self.hash_limiter = anyio.CapacityLimiter(HASH_CHECKS)
+        self.cache = answer_cache(config, store)
+
+    def fast_read(self, raw_id: str, header: str | None, client: str) -> bytes | None:
+        """The answer to a settings read from memory alone, or None when it needs the full path.
+
+        Everything here is a lookup: the cached answer, the identity this header proved before, the
+        throttle, the access policy. Whatever is not known (a new header, a refused one, an address
+        check, an instance not cached) goes the full way through ``settings``.
+        """
+        cache = self.cache
+        if cache is None:
+            return None
+        body = cache.get(raw_id)
+        if body is None:
+            return None
+        identity = self.auth.known(header) if header is not None else ANONYMOUS
+        if identity is None or self.throttle.retry_after(client, identity.user or "") is not None:
+            return None
+        access = decide(
+            identity.caller,
+            identity.user,
+            "read",
+            raw_id,
+            anonymous_reads=self.anonymous_reads,
+            address_check=self.addresses is not None,
+        )
+        if access.decision is not Decision.ALLOW:
+            return None
+        if self.audit is not None:
+            self.audit.record_read(raw_id, client, identity.caller.value)
+        return body
+
+    def close(self) -> None:
+        """Let go of the cache's shared files."""
+        if self.cache is not None:
+            self.cache.close()
 
     async def settings(self, request: Request) -> Response:
         """GET, PUT and DELETE of /instances/<id>/settings."""
@@ -145,10 +185,14 @@ class RegistryApi:
             if request.method == "PUT":
                 settings = check_settings(await self._read_body(request))
                 await self._run(self.store.put, instance_id, settings)
+                self._written(instance_id)
                 return JSONResponse(OK)
             if request.method == "DELETE":
                 await self._run(self.store.delete, instance_id)
+                self._written(instance_id)
                 return JSONResponse(OK)
+            version = self.cache.version() if self.cache is not None else (0, 0)
+            read_at = time.monotonic()
             stored = await self._read(instance_id)
         except PayloadError as exc:
             return error(400, "error", str(exc))
@@ -161,7 +205,15 @@ class RegistryApi:
             return error(503, "error", str(exc), **{"Retry-After": "1"})
         if stored is None:
             return error(404, "not_found", f"no settings stored for instance {instance_id}")
-        return JSONResponse({"status": "ok", "settings": stored})
+        body = settings_answer(stored)
+        if self.cache is not None:
+            self.cache.put(instance_id, body, version, read_at)
+        return Response(body, media_type="application/json")
+
+    def _written(self, instance_id: str) -> None:
+        """A write committed: no process may answer from what it had cached for the instance."""
+        if self.cache is not None:
+            self.cache.forget(instance_id)
 
     def _credentials(self, raw_id: str) -> Response:
         try:
@@ -187,7 +239,10 @@ class RegistryApi:
                 f"too many failed authentications from {client}; retry in {wait} s",
                 **{"Retry-After": str(wait)},
             )
-        if self.auth.needs_hash_check_of(presented):
+        remembered = self.auth.known(header) if header is not None else None
+        if remembered is not None:
+            identity = remembered
+        elif self.auth.needs_hash_check_of(presented):
             # The failure is counted before the slow check, so concurrent guesses cannot all reach bcrypt.
             reserved = self.throttle.reserve(client, user)
             identity = await anyio.to_thread.run_sync(
@@ -199,6 +254,8 @@ class RegistryApi:
             identity = self.auth.identify_of(bool(header), presented)
             if identity.caller is Caller.REFUSED:
                 self.throttle.failed(client, user)
+        if header is not None and remembered is None:
+            self.auth.remember(header, identity)
         access = decide(
             identity.caller,
             identity.user,
@@ -335,11 +392,35 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
     return error(500, "error", "internal error; the registry log has the details")
 
 
+def settings_answer(stored: str) -> bytes:
+    """The body of a 200 read, encoded once: the cache keeps exactly these bytes."""
+    return json.dumps({"status": "ok", "settings": stored}, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def answer_cache(config: RegistryConfig, store: SettingsStore) -> ResponseCache | None:
+    """The read cache for this store, with the way it learns of other processes' writes (see ``cache``)."""
+    if config.http.cache_bytes == 0:
+        return None
+    url = store.engine.url
+    if url.get_backend_name() == "sqlite":
+        if url.database in (None, "", ":memory:"):
+            return None  # one process only: nothing to share a marker with, and no file to put it beside
+        return ResponseCache(SharedMarker(Path(str(url.database))), max_bytes=config.http.cache_bytes, max_seconds=None)
+    if config.http.cache_seconds == 0:
+        return None
+    return ResponseCache(NoWatch(), max_bytes=config.http.cache_bytes, max_seconds=config.http.cache_seconds)
+
+
 def create_app(
     config: RegistryConfig, store: SettingsStore, audit: AuditLog | None = None
 ) -> Callable[..., Awaitable[None]]:
-    """The ASGI application: routes, JSON error handlers and the access log."""
-    api = RegistryApi(config, store, audit)
+    """The ASGI application: routes and JSON error handlers (the HTTP front adds the access log)."""
+    return asgi_app(RegistryApi(config, store, audit))
+
+
+def asgi_app(api: RegistryApi) -> Callable[..., Awaitable[None]]:
+    """The registry's routes over ``api``, as a standard ASGI application."""
+    store = api.store
     routes = [
         Route("/instances/{instance_id}/settings", api.settings, methods=["GET", "PUT", "DELETE"]),
         Route("/instances/{instance_id}/credentials", api.credentials, methods=["POST"]),
@@ -360,16 +441,9 @@ def create_app(
         lifespan=lifespan,
     )
     app.router.redirect_slashes = False  # a redirect would be built from the caller's Host header: 404 instead
-    return AccessLogMiddleware(app)
+    return app
 
 
 def _client(request: Request) -> str:
-    """The caller's address; an IPv4 caller seen through an IPv6 socket (``::ffff:a.b.c.d``) as IPv4."""
-    if not request.client:
-        return "-"
-    host = request.client.host
-    if host.startswith("::ffff:"):
-        address = ipaddress.ip_address(host)
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-    return host
+    """The caller's address, as every check compares it."""
+    return client_address(request.client.host) if request.client else "-"

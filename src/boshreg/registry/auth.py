@@ -75,6 +75,28 @@ class Authenticator:
         self._decoy = bcrypt.hashpw(secrets.token_bytes(16), bcrypt.gensalt(rounds)) if self._hashed else b""
         self._remember_key = secrets.token_bytes(32)
         self._remembered: set[bytes] = set()
+        self._known: dict[bytes, Identity] = {}  # by keyed digest of an Authorization header that proved itself
+
+    def known(self, header: str) -> Identity | None:
+        """The identity this exact header proved before (an admin or a VM), without checking it again.
+
+        The hot read costs a digest and a lookup instead of a parse and an HMAC or bcrypt; only headers that
+        passed are remembered, so a wrong one always takes the full path (and the throttle).
+        """
+        return self._known.get(self._header_digest(header))
+
+    def remember(self, header: str, identity: Identity) -> None:
+        """Remember a header that identified an admin or a VM."""
+        if identity.caller not in (Caller.ADMIN, Caller.INSTANCE):
+            return
+        if len(self._known) >= _REMEMBERED_MAX * 16:
+            self._known.clear()
+        self._known[self._header_digest(header)] = identity
+
+    def _header_digest(self, header: str) -> bytes:
+        return hashlib.blake2b(
+            header.encode("utf-8", "surrogateescape"), key=self._remember_key, digest_size=16
+        ).digest()
 
     def needs_hash_check(self, header: str | None) -> bool:
         """True when identifying this request means a slow bcrypt check (run it off the event loop)."""

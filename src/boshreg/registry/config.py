@@ -104,6 +104,17 @@ class HttpConfig(_Section):
     allow_anonymous_reads: bool = False
     max_body_bytes: Annotated[int, Field(ge=1024, le=64 * 1024 * 1024)] = DEFAULT_MAX_BODY_BYTES
     request_timeout: Annotated[float, Field(gt=0, le=300)] = 15.0
+    # ours: what one connection may cost (the HTTP front enforces these before the app sees a request)
+    header_timeout: Annotated[float, Field(gt=0, le=300)] = 10.0  # the request head must arrive within it
+    keepalive_timeout: Annotated[float, Field(gt=0, le=3600)] = 5.0  # an idle connection is closed after it
+    max_header_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 16 * 1024  # 431 past it
+    max_headers: Annotated[int, Field(ge=8, le=1000)] = 100  # 431 past it
+    max_connections: Annotated[int | None, Field(ge=16)] = None  # per process; default: the file limit minus 128
+    max_connections_per_address: Annotated[int | None, Field(ge=1)] = None  # default: half of max_connections
+    # ours: the answer cache of settings reads, per process (0: off); entries live cache_seconds where other
+    # hosts may write (PostgreSQL, MySQL); on SQLite every write is seen at once
+    cache_bytes: Annotated[int, Field(ge=0, le=4 * 1024 * 1024 * 1024)] = 32 * 1024 * 1024
+    cache_seconds: Annotated[float, Field(ge=0, le=3600)] = 1.0
     workers: Annotated[int | None, Field(ge=1, le=64)] = None  # processes; default: one per core
 
     @field_validator("additional_users", mode="before")

@@ -1,4 +1,4 @@
-"""Starting the registry: bind the socket, open the store, hand both to uvicorn.
+"""Starting the registry: bind the socket, open the store, serve both through the HTTP front.
 
 The socket is bound before anything is announced, so a port in use is one clear error and the printed
 endpoint is the one really being served (also when port 0 asked for any free port).
@@ -6,6 +6,7 @@ endpoint is the one really being served (also when port 0 asked for any free por
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import ipaddress
@@ -13,25 +14,36 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import psutil
-import uvicorn
 
 from boshreg.bootstrap.endpoint import Endpoint
 from boshreg.errors import BoshregError
-from boshreg.registry.app import create_app
+from boshreg.registry.app import RegistryApi, asgi_app
 from boshreg.registry.audit import AuditLog
 from boshreg.registry.config import RegistryConfig
+from boshreg.registry.connections import (
+    LISTEN_BACKLOG,
+    ConnectionCaps,
+    OpenConnections,
+    RateLimitedLog,
+    raise_file_limit,
+)
 from boshreg.registry.engine import build_async_engine, build_engine
+from boshreg.registry.front import Front, FrontLimits
 from boshreg.registry.store import SettingsStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
+GRACE_SECONDS = 5.0  # at SIGTERM, how long requests in flight may take to finish
 PRIVATE_UMASK = 0o077  # files this process creates: readable by its owner only
 
 _WILDCARDS = {"0.0.0.0", "::", ""}  # noqa: S104 - names of "all interfaces", compared, not bound
@@ -59,7 +71,7 @@ def bind(host: str, port: int) -> Listening:
         sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
-        sock.listen(2048)
+        sock.listen(LISTEN_BACKLOG)
     except OSError as exc:
         raise ServeError(
             f"cannot listen on {host}:{port}: {exc.strerror}; choose another http.port (--port) or http.host (--host)"
@@ -132,52 +144,56 @@ def worker_count(config: RegistryConfig) -> int:
     return config.http.workers or os.cpu_count() or 1
 
 
-class _Terminated(Exception):
-    """SIGTERM, after uvicorn's graceful shutdown: unwind, so that each process writes its audit trail."""
-
-
-def _raise_terminated(_signum: int, _frame: object) -> None:
-    # Once: a second SIGTERM (systemd signals every process, then the parent signals its workers) must
-    # not break into the clean-up that writes the audit trail.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise _Terminated
-
-
 def serve(config: RegistryConfig, store: SettingsStore, listening: Listening) -> None:
-    """Serve with http.workers processes on the one bound socket until interrupted (SIGINT/SIGTERM).
+    """Serve with http.workers processes on the one bound socket until SIGINT or SIGTERM.
 
     The pool is emptied before forking, so no database connection is shared between processes; each
     process then opens its own connections and runs its own audit writer. Workers die with the parent,
-    even when it is killed outright, so none is left holding the port.
-
-    uvicorn answers SIGTERM by shutting down gracefully and then raising the signal again with the
-    handler it found; with Python's default one, the process would die there, before its audit trail
-    and its workers' are written. Ours turns it into an exception that unwinds through the clean-up.
+    even when it is killed outright, so none is left holding the port. On SIGTERM each process stops
+    accepting, lets the requests in flight finish (5 s at most) and writes its audit trail.
     """
     store.close()
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    caps = ConnectionCaps.for_limit(
+        raise_file_limit(), config.http.max_connections, config.http.max_connections_per_address
+    )
+    tls = _tls_context(config)
     parent = os.getpid()
     children: list[int] = []
     for _ in range(worker_count(config) - 1):
         pid = os.fork()
         if pid == 0:
-            os._exit(_worker(config, store, listening, parent))
+            os._exit(_worker(config, store, listening, caps, tls, parent))
         children.append(pid)
     try:
-        _serve_process(config, store, listening)
-    except _Terminated:
-        log.info("stopped (SIGTERM)")
+        _serve_process(config, store, listening, caps, tls)
     finally:
         _stop(children)
         listening.sock.close()
 
 
-def _worker(config: RegistryConfig, store: SettingsStore, listening: Listening, parent: int) -> int:
+def _tls_context(config: RegistryConfig) -> ssl.SSLContext | None:
+    tls = config.http.tls
+    if tls is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(tls.cert, tls.key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ServeError(f"cannot load http.tls.cert / http.tls.key: {exc}; check both files") from None
+    return context
+
+
+def _worker(
+    config: RegistryConfig,
+    store: SettingsStore,
+    listening: Listening,
+    caps: ConnectionCaps,
+    tls: ssl.SSLContext | None,
+    parent: int,
+) -> int:
     _die_with(parent)
     try:
-        _serve_process(config, store, listening)
-    except _Terminated:
-        return 0
+        _serve_process(config, store, listening, caps, tls)
     except Exception:
         log.exception("worker %d failed", os.getpid())
         return 1
@@ -210,32 +226,69 @@ def _stop(children: list[int], timeout: float = 10.0) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def _serve_process(config: RegistryConfig, store: SettingsStore, listening: Listening) -> None:
-    """One process's server: its app, audit writer and pool, on the shared socket."""
-    audit = open_audit(config, store)
-    tls = config.http.tls
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(config, store, audit),
-            # The standard event loop serves connections in turn. uvloop, 3% faster here, starves some under
-            # saturation: at 256 connections its p99 was 460 ms against 85 ms, at the same throughput.
-            loop="asyncio",
-            http="httptools",
-            log_config=None,  # our handlers, with redaction
-            access_log=False,  # replaced by boshreg.access, one line per request
-            proxy_headers=False,  # the client address is the peer's; forwarded headers are not trusted
-            server_header=False,
-            lifespan="on",  # closes the event loop's database connections at shutdown
-            timeout_graceful_shutdown=5,
-            ssl_certfile=tls.cert if tls else None,
-            ssl_keyfile=tls.key if tls else None,
-        )
+def front_limits(config: RegistryConfig) -> FrontLimits:
+    """The per-connection limits of http.*, as the front enforces them."""
+    http = config.http
+    return FrontLimits(
+        header_timeout=http.header_timeout,
+        request_timeout=http.request_timeout,
+        keepalive_timeout=http.keepalive_timeout,
+        max_header_bytes=http.max_header_bytes,
+        max_headers=http.max_headers,
+        max_body_bytes=http.max_body_bytes,
     )
+
+
+def _serve_process(
+    config: RegistryConfig, store: SettingsStore, listening: Listening, caps: ConnectionCaps, tls: ssl.SSLContext | None
+) -> None:
+    """One process's server: its app, cache, audit writer and pool, on the shared socket."""
+    audit = open_audit(config, store)
+    api = RegistryApi(config, store, audit)
+    front = Front(
+        asgi_app(api), api.fast_read, front_limits(config), OpenConnections(caps), scheme="https" if tls else "http"
+    )
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(_rate_limited_loop_errors())
+        stop = asyncio.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            await front.serve(listening.sock, tls, stop, grace=GRACE_SECONDS)
+        finally:
+            # From here on a second SIGTERM (systemd signals every process, then the parent its workers)
+            # must not kill the clean-up that writes the audit trail.
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+                signal.signal(signum, signal.SIG_IGN)
+            await store.aclose()  # connections opened on this event loop are closed on it
+
+    log.info("serving in process %d", os.getpid())
     try:
-        server.run(sockets=[listening.sock])
+        asyncio.run(run())
+        log.info("stopped serving in process %d", os.getpid())
     finally:
         audit.stop()
+        api.close()
         store.close()
+
+
+def _rate_limited_loop_errors() -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:
+    """The event loop's own error reports (accept() out of file descriptors, ...), at most one a kind per interval.
+
+    Without it, a full file table logged "socket.accept() out of system resource" thousands of times a second.
+    """
+    kinds: dict[str, RateLimitedLog] = {}
+
+    def handle(_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        message = str(context.get("message", "event loop error"))
+        exc = context.get("exception")
+        reason = f"{type(exc).__name__}: {exc}" if exc is not None else message
+        kinds.setdefault(message, RateLimitedLog(message)).note(reason)
+
+    return handle
 
 
 _PR_SET_PDEATHSIG = 1

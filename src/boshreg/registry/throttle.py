@@ -55,6 +55,8 @@ class AuthThrottle:
 
     def retry_after(self, client: str, user: str = "") -> int | None:
         """Seconds until ``user`` may try again from ``client``, or None when it is not blocked."""
+        if not self._blocked:  # the usual case, on every request: nothing to look up
+            return None
         now = self._now()
         address = address_key(client)
         own = self._remaining((address, user), now)

@@ -1,0 +1,55 @@
+"""make bench only: serve the registry on another stack, so that the README's comparison is measured, not recalled.
+
+``python bench/candidate.py STACK serve --config FILE``: the same config, store, cache, audit trail and
+throttle; only what carries the bytes differs. ``uvloop``: our front on uvloop's event loop instead of
+asyncio's. ``uvicorn``: the same ASGI application under uvicorn with httptools (the stack before the front;
+no fast path, so every read goes through Starlette, and uvicorn's access log is off).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import sys
+
+import uvicorn
+import uvloop
+
+from boshreg.cli import main
+from boshreg.registry import server
+from boshreg.registry.app import RegistryApi, asgi_app
+from boshreg.registry.config import RegistryConfig
+from boshreg.registry.connections import ConnectionCaps
+from boshreg.registry.store import SettingsStore
+
+
+def _serve_on_uvicorn(
+    config: RegistryConfig,
+    store: SettingsStore,
+    listening: server.Listening,
+    caps: ConnectionCaps,
+    tls: ssl.SSLContext | None,
+) -> None:
+    del caps, tls  # uvicorn has limits of its own, and the bench serves plain HTTP
+    audit = server.open_audit(config, store)
+    api = RegistryApi(config, store, audit)
+    uvicorn_config = uvicorn.Config(
+        asgi_app(api), loop="asyncio", http="httptools", log_config=None, access_log=False, lifespan="off"
+    )
+    try:
+        uvicorn.Server(uvicorn_config).run(sockets=[listening.sock])
+    finally:
+        audit.stop()
+        api.close()
+        store.close()
+
+
+if __name__ == "__main__":
+    stack = sys.argv.pop(1)
+    if stack == "uvloop":
+        asyncio.run = uvloop.run  # this process only: the front's loop becomes uvloop
+    elif stack == "uvicorn":
+        server._serve_process = _serve_on_uvicorn
+    elif stack != "front":
+        raise SystemExit(f"candidate: unknown stack {stack!r}; use front, uvloop or uvicorn")
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""The encoded answer to a settings read, per instance, held in each worker process.
+
+A read of a cached instance costs a dictionary lookup instead of a database round trip; the cache must
+never outlive a write by more than a stated bound:
+
+- in the process that wrote: forgotten at once, before the write is acknowledged;
+- SQLite, other workers and replicas of this host: every boshreg write changes a shared 8-byte marker
+  file beside the database (``<db>-boshreg-changes``, mapped into memory); a read that sees it changed
+  drops the cache. Bound: none (the next read after the acknowledgement sees the change). Writers that
+  are not boshreg (the original registry on the same file, ``sqlite3``) are seen through SQLite's
+  ``PRAGMA data_version`` within ``FOREIGN_CHECK_SECONDS``;
+- PostgreSQL and MySQL/MariaDB (other hosts may write): each entry lives ``http.cache_seconds`` at most.
+
+Memory is bounded (``http.cache_bytes``, least recently used out first) and answers over
+``ENTRY_MAX_BYTES`` are not cached.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import secrets
+import sqlite3
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Protocol
+
+ENTRY_MAX_BYTES = 64 * 1024
+FOREIGN_CHECK_SECONDS = 1.0
+_MARKER_BYTES = 8
+
+
+class ChangeWatch(Protocol):
+    """What tells a process that another may have written since it last looked."""
+
+    def version(self) -> int:
+        """A number that differs whenever a write may have happened since the last call returned it."""
+        ...
+
+    def changed_here(self) -> None:
+        """This process committed a write: tell the others."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class NoWatch:
+    """No other writer can be seen: entries are kept for a time only (PostgreSQL, MySQL)."""
+
+    def version(self) -> int:
+        return 0
+
+    def changed_here(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+class SharedMarker:
+    """A file of 8 bytes that every boshreg process on this SQLite database rewrites after each write."""
+
+    def __init__(self, database: Path) -> None:
+        self.path = database.with_name(database.name + "-boshreg-changes")
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size < _MARKER_BYTES:
+                os.ftruncate(fd, _MARKER_BYTES)
+            self._map = mmap.mmap(fd, _MARKER_BYTES)
+        finally:
+            os.close(fd)
+        self._foreign = _DataVersion(database)
+        self._foreign_seen = self._foreign.read()
+        self._next_foreign_check = time.monotonic() + FOREIGN_CHECK_SECONDS
+        self._foreign_changes = 0
+
+    def version(self) -> int:
+        now = time.monotonic()
+        if now >= self._next_foreign_check:
+            self._next_foreign_check = now + FOREIGN_CHECK_SECONDS
+            seen = self._foreign.read()
+            if seen != self._foreign_seen:
+                self._foreign_seen = seen
+                self._foreign_changes += 1
+        return int.from_bytes(self._map[:_MARKER_BYTES], "little") ^ self._foreign_changes
+
+    def changed_here(self) -> None:
+        # Any new value will do (readers compare for difference), so writers need no lock between them.
+        self._map[:_MARKER_BYTES] = secrets.randbits(64).to_bytes(_MARKER_BYTES, "little")
+
+    def close(self) -> None:
+        self._map.close()
+        self._foreign.close()
+
+
+class _DataVersion:
+    """SQLite's count of commits made by other connections to the database file."""
+
+    def __init__(self, database: Path) -> None:
+        self._conn: sqlite3.Connection | None = None
+        try:
+            self._conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True, check_same_thread=False)
+        except sqlite3.Error:
+            self._conn = None
+
+    def read(self) -> int:
+        if self._conn is None:
+            return 0
+        try:
+            row = self._conn.execute("PRAGMA data_version").fetchone()
+        except sqlite3.Error:
+            return -1
+        return int(row[0]) if row else 0
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+
+class ResponseCache:
+    """Encoded answers by instance id: bounded in bytes, least recently used out first, dropped on change."""
+
+    def __init__(self, watch: ChangeWatch, *, max_bytes: int, max_seconds: float | None) -> None:
+        self.watch = watch
+        self.max_bytes = max_bytes
+        self.max_seconds = max_seconds
+        self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        self._bytes = 0
+        self._seen = watch.version()
+        self._writes = 0  # this process's own writes: a read that began before one must not be kept
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, instance_id: str) -> bytes | None:
+        """The cached answer, or None when there is none or it may be stale."""
+        version = self.watch.version()
+        if version != self._seen:
+            self._seen = version
+            self.clear()
+            self.misses += 1
+            return None
+        entry = self._entries.get(instance_id)
+        if entry is None or (self.max_seconds is not None and entry[1] < time.monotonic()):
+            self.misses += 1
+            return None
+        self._entries.move_to_end(instance_id)
+        self.hits += 1
+        return entry[0]
+
+    def version(self) -> tuple[int, int]:
+        """Taken before a database read: ``put`` keeps the answer only if nothing was written since."""
+        return (self.watch.version(), self._writes)
+
+    def put(self, instance_id: str, body: bytes, version: tuple[int, int], read_at: float) -> None:
+        """Keep an answer read from the database at ``read_at`` (monotonic) while ``version`` held."""
+        if len(body) > ENTRY_MAX_BYTES or version != self.version() or version[0] != self._seen:
+            return
+        old = self._entries.pop(instance_id, None)
+        if old is not None:
+            self._bytes -= len(old[0])
+        expires = read_at + self.max_seconds if self.max_seconds is not None else 0.0
+        self._entries[instance_id] = (body, expires)
+        self._bytes += len(body)
+        while self._bytes > self.max_bytes and self._entries:
+            _, (dropped, _) = self._entries.popitem(last=False)
+            self._bytes -= len(dropped)
+
+    def forget(self, instance_id: str) -> None:
+        """This process is writing ``instance_id``: drop its answer here and tell the other processes."""
+        self._writes += 1
+        old = self._entries.pop(instance_id, None)
+        if old is not None:
+            self._bytes -= len(old[0])
+        self.watch.changed_here()
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._bytes = 0
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    def close(self) -> None:
+        self.watch.close()

@@ -1,0 +1,152 @@
+"""The read cache never serves a write's old settings beyond its stated bound, on any backend.
+
+Bounds (README, "The read cache"): in the process that wrote, none; other workers and replicas on one
+SQLite file, none; writers other than boshreg on SQLite, FOREIGN_CHECK_SECONDS; PostgreSQL and MySQL
+replicas, http.cache_seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import URL
+
+from boshreg.registry.cache import ENTRY_MAX_BYTES, FOREIGN_CHECK_SECONDS, NoWatch, ResponseCache
+from conftest import RegistryLauncher
+from support.registry import ADMIN_PASSWORD, RegistryProcess
+
+ADMIN = ("admin", ADMIN_PASSWORD)
+READS = 40
+
+
+def put(registry: RegistryProcess, name: str, version: int) -> None:
+    response = httpx.put(
+        f"{registry.url}/instances/{name}/settings", content=json.dumps({"version": version}), auth=ADMIN
+    )
+    assert response.status_code == 200
+
+
+def versions_read(registry: RegistryProcess, name: str, reads: int = READS) -> set[int]:
+    """The versions seen by ``reads`` GETs, each on a new connection (so that every worker answers some)."""
+    seen = set()
+    for _ in range(reads):
+        response = httpx.get(f"{registry.url}/instances/{name}/settings", auth=ADMIN, headers={"Connection": "close"})
+        assert response.status_code == 200
+        seen.add(json.loads(response.json()["settings"])["version"])
+    return seen
+
+
+def test_a_write_through_one_worker_is_read_at_once_through_the_other(start_registry: RegistryLauncher) -> None:
+    registry = start_registry(workers=2)
+    put(registry, "vm-workers", 1)
+    assert versions_read(registry, "vm-workers") == {1}  # both workers have it cached now
+    for version in range(2, 6):
+        put(registry, "vm-workers", version)
+        assert versions_read(registry, "vm-workers", reads=10) == {version}
+
+
+def test_a_write_through_one_replica_is_read_at_once_through_another(
+    start_registry: RegistryLauncher, tmp_path: Path
+) -> None:
+    database = f"sqlite:///{tmp_path}/shared.db"
+    first, second = start_registry(database), start_registry(database)
+    put(first, "vm-replicas", 1)
+    assert versions_read(second, "vm-replicas") == {1}
+    put(first, "vm-replicas", 2)
+    assert versions_read(second, "vm-replicas") == {2}
+    first_delete = httpx.delete(f"{first.url}/instances/vm-replicas/settings", auth=ADMIN)
+    assert first_delete.status_code == 200
+    assert httpx.get(f"{second.url}/instances/vm-replicas/settings", auth=ADMIN).status_code == 404
+
+
+def test_a_write_by_another_program_on_the_sqlite_file_is_seen_within_its_bound(
+    start_registry: RegistryLauncher, tmp_path: Path
+) -> None:
+    registry = start_registry(f"sqlite:///{tmp_path}/foreign.db")
+    put(registry, "vm-foreign", 1)
+    assert versions_read(registry, "vm-foreign") == {1}
+    with sqlite3.connect(tmp_path / "foreign.db") as conn:  # as the original registry would write it
+        conn.execute(
+            "UPDATE registry_instances SET settings = ? WHERE instance_id = ?", ('{"version": 2}', "vm-foreign")
+        )
+    time.sleep(FOREIGN_CHECK_SECONDS + 0.3)
+    assert versions_read(registry, "vm-foreign") == {2}
+
+
+@pytest.mark.parametrize("bound", [0.5])
+def test_replicas_on_a_networked_database_agree_within_cache_seconds(
+    server_database_url: URL, start_registry: RegistryLauncher, bound: float
+) -> None:
+    first = start_registry(server_database_url, cache_seconds=bound)
+    second = start_registry(server_database_url, cache_seconds=bound)
+    put(first, "vm-networked", 1)
+    assert versions_read(second, "vm-networked") == {1}
+    put(first, "vm-networked", 2)
+    assert versions_read(first, "vm-networked", reads=5) == {2}  # the writer's own process: at once
+    time.sleep(bound + 0.2)
+    assert versions_read(second, "vm-networked") == {2}
+
+
+# --- the cache itself, in process --------------------------------------------------------------------
+
+
+class CountingWatch(NoWatch):
+    """A watch whose version the test moves, as another process's write would."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def version(self) -> int:
+        return self.value
+
+
+def test_least_recently_used_answers_go_first_when_the_cache_is_full() -> None:
+    cache = ResponseCache(NoWatch(), max_bytes=3000, max_seconds=None)
+    for name in ("a", "b", "c"):
+        cache.put(name, b"x" * 1000, cache.version(), time.monotonic())
+    assert cache.get("a") is not None  # a is now the most recently used
+    cache.put("d", b"x" * 1000, cache.version(), time.monotonic())
+    assert cache.get("b") is None
+    assert cache.get("a") is not None
+    assert cache.size_bytes <= 3000
+
+
+def test_answers_over_the_entry_limit_are_not_kept() -> None:
+    cache = ResponseCache(NoWatch(), max_bytes=10 * ENTRY_MAX_BYTES, max_seconds=None)
+    cache.put("big", b"x" * (ENTRY_MAX_BYTES + 1), cache.version(), time.monotonic())
+    assert cache.get("big") is None
+
+
+def test_a_read_that_began_before_a_write_is_not_kept() -> None:
+    watch = CountingWatch()
+    cache = ResponseCache(watch, max_bytes=1 << 20, max_seconds=None)
+    before = cache.version()
+    cache.forget("vm")  # this process wrote while the read was on its way
+    cache.put("vm", b"old", before, time.monotonic())
+    assert cache.get("vm") is None
+    before = cache.version()
+    watch.value += 1  # another process wrote
+    cache.put("vm", b"old", before, time.monotonic())
+    assert cache.get("vm") is None
+
+
+def test_another_process_writing_empties_the_cache() -> None:
+    watch = CountingWatch()
+    cache = ResponseCache(watch, max_bytes=1 << 20, max_seconds=None)
+    cache.put("vm", b"answer", cache.version(), time.monotonic())
+    assert cache.get("vm") == b"answer"
+    watch.value += 1
+    assert cache.get("vm") is None
+
+
+def test_entries_expire_after_max_seconds() -> None:
+    cache = ResponseCache(NoWatch(), max_bytes=1 << 20, max_seconds=0.05)
+    cache.put("vm", b"answer", cache.version(), time.monotonic())
+    assert cache.get("vm") == b"answer"
+    time.sleep(0.06)
+    assert cache.get("vm") is None
