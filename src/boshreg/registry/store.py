@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 import anyio
-from sqlalchemy import Engine, PoolProxiedConnection, bindparam, delete, inspect, select, text, update
+from sqlalchemy import Connection, Engine, PoolProxiedConnection, bindparam, delete, inspect, select, text, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -25,6 +25,7 @@ from sqlalchemy.sql.dml import Insert
 
 from boshreg.bootstrap.endpoint import redact_url
 from boshreg.errors import BoshregError
+from boshreg.registry.group_commit import GroupCommit
 from boshreg.registry.tables import metadata, registry_events, registry_instances
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class SettingsStore:
         self.writer: contextlib.AbstractContextManager[object] = (
             threading.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
         )
+        self._commits = GroupCommit(engine, self.writer)  # one commit (one disk flush) for writes that queued
         self._get_sql = str(_GET_SETTINGS.compile(dialect=engine.dialect))
         # Reads on the loop take turns for the async pool's connections here, first come first served: the
         # pool's own queue lets a newcomer take a connection a waiter was woken for, and some waited seconds.
@@ -173,30 +175,28 @@ class SettingsStore:
     def put(self, instance_id: str, settings: str) -> None:
         """Create or replace the settings of one instance, committed before returning."""
 
-        def write() -> None:
-            with self.writer, self.engine.begin() as conn:
-                if self._unique_instance_id:
-                    conn.execute(self._upsert(instance_id, settings))
-                    return
-                changed = conn.execute(
-                    update(registry_instances)
-                    .where(registry_instances.c.instance_id == instance_id)
-                    .values(settings=settings)
-                ).rowcount
-                if not changed:
-                    conn.execute(registry_instances.insert().values(instance_id=instance_id, settings=settings))
+        def write(conn: Connection) -> None:
+            if self._unique_instance_id:
+                conn.execute(self._upsert(instance_id, settings))
+                return
+            changed = conn.execute(
+                update(registry_instances)
+                .where(registry_instances.c.instance_id == instance_id)
+                .values(settings=settings)
+            ).rowcount
+            if not changed:
+                conn.execute(registry_instances.insert().values(instance_id=instance_id, settings=settings))
 
-        self._run(write)
+        self._run(lambda: self._commits.run(write))
 
     def delete(self, instance_id: str) -> bool:
         """Remove one instance's settings; False when there were none."""
         statement = delete(registry_instances).where(registry_instances.c.instance_id == instance_id)
 
-        def remove() -> bool:
-            with self.writer, self.engine.begin() as conn:
-                return bool(conn.execute(statement).rowcount)
+        def remove(conn: Connection) -> bool:
+            return bool(conn.execute(statement).rowcount)
 
-        return self._run(remove)
+        return self._run(lambda: self._commits.run(remove))
 
     def _run(self, work: Callable[[], T]) -> T:
         """Run one statement's work, with the store's errors; once more if the pooled connection was dead.

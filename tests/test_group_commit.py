@@ -1,0 +1,80 @@
+"""Group commit: writes that queue behind a commit share the next one, and each still fails alone."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Column, Connection, Integer, MetaData, String, Table, create_engine, event, insert, select
+from sqlalchemy import exc as sa_exc
+
+from boshreg.registry.group_commit import GroupCommit
+
+metadata = MetaData()
+rows = Table("rows", metadata, Column("id", Integer, primary_key=True), Column("name", String(20), unique=True))
+
+
+def test_writes_queued_behind_a_commit_share_one_and_a_refused_one_fails_alone(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path}/group.db")
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(insert(rows).values(name="taken"))
+    writer = threading.Lock()
+    commits = GroupCommit(engine, writer)
+    outcomes: dict[str, str] = {}
+
+    def write(name: str) -> None:
+        def insert_one(conn: Connection) -> int:
+            return conn.execute(insert(rows).values(name=name)).rowcount
+
+        try:
+            commits.run(insert_one)
+            outcomes[name] = "ok"
+        except sa_exc.IntegrityError:
+            outcomes[name] = "refused"
+
+    with writer:  # a commit is on its way: every write below queues behind it
+        threads = [threading.Thread(target=write, args=(name,)) for name in ("a", "b", "taken", "c", "d")]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.3)
+    for thread in threads:
+        thread.join(timeout=10)
+    assert outcomes == {"a": "ok", "b": "ok", "taken": "refused", "c": "ok", "d": "ok"}
+    with engine.connect() as conn:
+        assert sorted(conn.execute(select(rows.c.name)).scalars()) == ["a", "b", "c", "d", "taken"]
+
+
+def test_eight_writers_queued_behind_a_commit_are_committed_once(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path}/once.db")
+    metadata.create_all(engine)
+    commits_seen: list[object] = []
+    event.listen(engine, "commit", commits_seen.append)
+    writer = threading.Lock()
+    commits = GroupCommit(engine, writer)
+    with writer:
+        threads = [
+            threading.Thread(
+                target=commits.run, args=(lambda conn, n=n: conn.execute(insert(rows).values(name=f"w{n}")),)
+            )
+            for n in range(8)
+        ]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.3)
+    for thread in threads:
+        thread.join(timeout=10)
+    assert len(commits_seen) == 1
+    with engine.connect() as conn:
+        assert len(conn.execute(select(rows.c.name)).all()) == 8
+
+
+def test_a_write_alone_commits_at_once_and_returns_its_result(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path}/alone.db")
+    metadata.create_all(engine)
+    commits = GroupCommit(engine, threading.Lock())
+    assert commits.run(lambda conn: conn.execute(insert(rows).values(name="x")).rowcount) == 1
+    with pytest.raises(sa_exc.IntegrityError):
+        commits.run(lambda conn: conn.execute(insert(rows).values(name="x")).rowcount)
