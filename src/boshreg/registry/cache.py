@@ -8,7 +8,8 @@ never outlive a write by more than a stated bound:
   file beside the database (``<db>-boshreg-changes``, mapped into memory); a read that sees it changed
   drops the cache. Bound: none (the next read after the acknowledgement sees the change). Writers that
   are not boshreg (the original registry on the same file, ``sqlite3``) are seen through SQLite's
-  ``PRAGMA data_version`` within ``FOREIGN_CHECK_SECONDS``;
+  ``PRAGMA data_version`` within ``FOREIGN_CHECK_SECONDS`` (that number also moves when any process
+  writes its audit trail, so checking it more often would empty the cache several times a second);
 - PostgreSQL and MySQL/MariaDB (other hosts may write): each entry lives ``http.cache_seconds`` at most.
 
 Memory is bounded (``http.cache_bytes``, least recently used out first) and answers over
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Protocol
 
 ENTRY_MAX_BYTES = 64 * 1024
-FOREIGN_CHECK_SECONDS = 1.0
+FOREIGN_CHECK_SECONDS = 10.0  # SQLite's data_version also moves on every audit-trail commit: not more often
 _MARKER_BYTES = 8
 
 

@@ -92,10 +92,10 @@ class MetadataService:
             if len(self._asked) > LOG_MAX:
                 self._asked.clear()
             window = (client_ip, int(time.monotonic()))
-            self._per_second[window] = self._per_second.get(window, 0) + 1
-            if len(self._per_second) > LOG_MAX:
+            burst = self._per_second.get(window, 0) + 1
+            if len(self._per_second) >= LOG_MAX:  # bounded: past it, counting starts again (a storm has 10,000 VMs)
                 self._per_second.clear()
-            burst = self._per_second[window]
+            self._per_second[window] = burst
         if self.faults.flap and asked % 2 == 1:
             return 503, "text/plain; charset=utf-8", b"503 Service Unavailable"
         if self.faults.rate_limit and burst > self.faults.rate_limit:
