@@ -37,9 +37,9 @@ bench: $(STAMP) databases
 	@bash scripts/ensure-bench-tools.sh
 	$(BIN)/python bench/run.py
 
-## Fault tests, longer than in `make test`: SIGKILL mid-write (and database outages) on every backend.
+## Fault tests, longer than in `make test`: SIGKILL mid-write and database outages on every backend; slow connections and header floods.
 faults: $(STAMP) databases
-	BOSHREG_FAULT_SECONDS=10 $(BIN)/pytest -m faults -s tests/test_faults.py tests/test_api_backends.py
+	BOSHREG_FAULT_SECONDS=10 $(BIN)/pytest -m faults -s tests/test_faults.py tests/test_api_backends.py tests/test_front.py
 
 ## Start PostgreSQL and MariaDB if they are down (install them as root if missing).
 databases:
