@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
-from boshreg.registry.config import AdminSecret, ConfigError, load_config, parse_config, sqlalchemy_url, unknown_keys
+from boshreg.registry.config import (
+    AdminSecret,
+    AuditConfig,
+    CloudConfig,
+    ConfigError,
+    DbConfig,
+    HttpConfig,
+    RegistryConfig,
+    load_config,
+    parse_config,
+    sqlalchemy_url,
+    unknown_keys,
+)
 
 ORIGINAL_CONFIG = """\
 ---
@@ -156,3 +170,15 @@ def test_a_document_that_is_not_a_mapping_is_refused(tmp_path: Path) -> None:
 def test_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"cannot read config file .*nope.yml"):
         load_config(tmp_path / "nope.yml")
+
+
+@pytest.mark.parametrize(
+    ("section", "model"),
+    [("", RegistryConfig), ("http", HttpConfig), ("db", DbConfig), ("cloud", CloudConfig), ("audit", AuditConfig)],
+)
+def test_every_config_key_is_in_the_readmes_reference(section: str, model: type[BaseModel]) -> None:
+    """A key nobody can find in the README is a key nobody sets: each one has its line in the reference."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    reference = readme.split("## Config file reference", 1)[1].split("\n## ", 1)[0]
+    missing = [name for name in model.model_fields if not re.search(rf"(^|[\s{{,]){name}:", reference, re.M)]
+    assert missing == [], f"config keys of {section} not in the README's reference: {missing}"
