@@ -109,7 +109,7 @@ class HttpConfig(_Section):
     keepalive_timeout: Annotated[float, Field(gt=0, le=3600)] = 5.0  # an idle connection is closed after it
     max_header_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 16 * 1024  # 431 past it
     max_headers: Annotated[int, Field(ge=8, le=1000)] = 100  # 431 past it
-    max_connections: Annotated[int | None, Field(ge=16)] = None  # per process; default: the file limit minus 256
+    max_connections: Annotated[int | None, Field(ge=16)] = None  # per process; default: the file limit minus 160
     max_connections_per_address: Annotated[int | None, Field(ge=1)] = None  # default: half of max_connections
     # ours: the answer cache of settings reads, per process (0: off); entries live cache_seconds where other
     # hosts may write (PostgreSQL, MySQL); on SQLite every write is seen at once
