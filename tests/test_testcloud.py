@@ -123,8 +123,10 @@ def test_metadata_command_serves_vm_directories(tmp_path: Path) -> None:
             "boshreg",
             "testcloud",
             "metadata",
-            "--listen",
-            f"127.0.0.1:{port}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
             "--vm",
             f"vm-1={tmp_path / 'vm-1'}",
         ],
@@ -148,7 +150,7 @@ def test_metadata_command_serves_vm_directories(tmp_path: Path) -> None:
         (["metadata", "--vm", "nope"], "write NAME=DIR or NAME=DIR@IP"),
         (["metadata", "--vm", "vm-1=/nonexistent"], "is not a directory"),
         (["metadata", "--vm", "vm-1=.@not-an-ip"], "'not-an-ip' is not an IP address"),
-        (["metadata", "--listen", "nowhere", "--vm", "vm-1=."], "write HOST:PORT"),
+        (["metadata", "--port", "nowhere", "--vm", "vm-1=."], "'nowhere' is not a valid integer"),
         (["config-drive", "--user-data", "absent", "-o", "x.iso"], "absent"),
     ],
 )
@@ -198,20 +200,22 @@ def test_agent_resolve_writes_settings_privately_and_the_trace_as_json(tmp_path:
             "metadata",
             "--metadata-url",
             service.url,
-            "--out",
+            "--output",
             "settings.json",
             "--json",
             cwd=tmp_path,
         )
     assert result.returncode == 0, result.stderr
-    assert (result.stdout, json.loads((tmp_path / "settings.json").read_text())) == ("", settings)
+    assert json.loads((tmp_path / "settings.json").read_text()) == settings
     assert stat.S_IMODE(os.stat(tmp_path / "settings.json").st_mode) == 0o600
-    assert json.loads(result.stderr)["source_kind"] == "metadata"
+    document = json.loads(result.stdout)  # --json: one document on stdout, as every --json
+    assert (document["source_kind"], document["settings_file"]) == ("metadata", "settings.json")
+    assert "settings" not in document
 
 
 def test_agent_resolve_failure_is_exit_1_with_the_reason(tmp_path: Path) -> None:
     started = time.monotonic()
-    result = boshreg("agent", "resolve", "--source", "file", "--user-data-file", "absent.json", cwd=tmp_path)
+    result = boshreg("agent", "resolve", "--source", "file", "--user-data", "absent.json", cwd=tmp_path)
     assert time.monotonic() - started < 20
     assert result.returncode == 1
     assert result.stderr.splitlines()[-1].startswith("boshreg: error: no user data from any source (tried file")

@@ -60,14 +60,14 @@ def resolve_and_why(
     name: str, config: str, tmp_path: Path, *options: str, reads: int = 0, deadline: float = 15
 ) -> Outcome:
     agent = boshreg("agent", "resolve", *options, "--deadline", f"{deadline:g}", "--json", cwd=tmp_path)
-    (tmp_path / "trace.json").write_text(agent.stderr)
+    (tmp_path / "trace.json").write_text(agent.stdout)
     wait_until = time.monotonic() + AUDIT_WAIT_SECONDS
     while True:  # the audit trail is written in batches
         said = boshreg("why", name, "--config", config, "--trace", "trace.json", "--json", cwd=tmp_path)
         report = json.loads(said.stdout)
         reads_seen = sum(1 for e in report["registry"]["events"] if e["action"] == "read")
         if reads_seen >= reads or time.monotonic() > wait_until:
-            return Outcome(agent.returncode, json.loads(agent.stderr), report)
+            return Outcome(agent.returncode, json.loads(agent.stdout), report)
         time.sleep(0.2)
 
 

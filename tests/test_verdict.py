@@ -73,7 +73,7 @@ def agent_word(situation: Situation, registry: RegistryProcess, tmp_path: Path) 
     """`boshreg agent resolve`, the current OpenStack stemcell's order, against this VM."""
     with vm_of(situation, registry, tmp_path) as options:
         result = boshreg("agent", "resolve", *options, "--deadline", "20", "--json", cwd=tmp_path)
-    trace = json.loads(result.stderr)
+    trace = json.loads(result.stdout)
     assert (result.returncode == 0) == (trace["verdict"] != "broken"), result.stderr
     return str(trace["verdict"])
 
@@ -237,7 +237,7 @@ def test_agent_resolve_with_the_stemcells_agent_json(registry: RegistryProcess, 
     situation = Situation("stemcell", PUBLIC_KEY, drive=True, metadata=True, metadata_key=PUBLIC_KEY)
     with vm_of(situation, registry, tmp_path) as options:
         result = boshreg("agent", "resolve", "--agent-config", "agent.json", *options, "--json", cwd=tmp_path)
-    trace = json.loads(result.stderr)
+    trace = json.loads(result.stdout)
     assert result.returncode == 0, result.stderr
     assert [(s["step"], s["outcome"]) for s in trace["steps"]] == [
         ("source", "absent"),  # File: /var/vcap/bosh/agent-bootstrap-env.json is not on this machine
@@ -262,7 +262,7 @@ def test_an_older_stemcell_walks_the_drive_then_the_metadata_service(registry: R
             ],
         )  # fmt: skip
         result = boshreg("agent", "resolve", "--agent-config", str(path), "--json", cwd=tmp_path)
-    trace = json.loads(result.stderr)
+    trace = json.loads(result.stdout)
     assert result.returncode == 0, result.stderr
     assert trace["verdict_detail"]["fed_by"] == f"config drive {drive}/ec2/latest/user-data"
     assert trace["verdict"] == "portable"
@@ -273,7 +273,7 @@ def test_a_source_type_boshreg_does_not_walk_is_reported(registry: RegistryProce
     with vm_of(situation, registry, tmp_path) as options:
         path = agent_json(tmp_path, [{"Type": "CDROM", "FileName": "env"}, {"Type": "HTTP", "URI": options[3]}])
         result = boshreg("agent", "resolve", "--agent-config", str(path), "--json", cwd=tmp_path)
-    trace = json.loads(result.stderr)
+    trace = json.loads(result.stdout)
     first = trace["steps"][0]
     assert (first["name"], first["outcome"]) == ("CDROM source", "unsupported")
     assert "source type 'CDROM' is not implemented by boshreg" in first["detail"]
@@ -302,7 +302,7 @@ def test_use_server_name_false_keys_the_registry_by_instance_id(registry: Regist
     finally:
         server.stop()
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stderr)["registry_url"].endswith(f"/instances/{vm.instance_id}/settings")
+    assert json.loads(result.stdout)["registry_url"].endswith(f"/instances/{vm.instance_id}/settings")
 
 
 @pytest.mark.parametrize(

@@ -56,7 +56,7 @@ from boshreg.testcloud.drill import ADDRESS_CHECK, DEFAULT_AGENT_DEADLINE, DRIVE
 from boshreg.testcloud.metadata import MetadataFaults, MetadataServer
 from boshreg.testcloud.netlab import DEFAULT_SUBNET
 from boshreg.testcloud.storm import MAX_VMS, storm
-from boshreg.testcloud.vms import TestVm, default_meta_data, parse_listen, parse_vm_spec
+from boshreg.testcloud.vms import TestVm, default_meta_data, parse_vm_spec
 from boshreg.why import (
     READ_OK,
     registry_side_from_database,
@@ -196,7 +196,8 @@ endpoint_option = click.option(
     "registry of --data-dir. [env: BOSHREG_ENDPOINT]",
 )
 timeout_option = click.option(
-    "--timeout",
+    "--deadline",
+    "timeout",
     type=click.FloatRange(0.1, 300),
     default=10.0,
     show_default=True,
@@ -635,7 +636,8 @@ def mode_command(stemcell: Path, director: str | None, cpi: str | None, as_json:
 @click.argument("manifest", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--online", is_flag=True, help="Also ask the registry whether it accepts the credentials.")
 @click.option(
-    "--timeout",
+    "--deadline",
+    "timeout",
     type=click.FloatRange(0.1, 60),
     default=3.0,
     show_default=True,
@@ -686,7 +688,8 @@ def testcloud_group() -> None:
 
 
 @testcloud_group.command("metadata")
-@click.option("--listen", default="127.0.0.1:8775", show_default=True, help="HOST:PORT to serve on.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8775, show_default=True, help="Port to serve on.")
 @click.option(
     "--vm",
     "vm_specs",
@@ -695,19 +698,18 @@ def testcloud_group() -> None:
     metavar="NAME=DIR[@IP]",
     help="A VM: DIR holds user_data and optionally meta_data.json; @IP serves it to that caller only.",
 )
-def testcloud_metadata(listen: str, vm_specs: tuple[str, ...]) -> None:
+def testcloud_metadata(host: str, port: int, vm_specs: tuple[str, ...]) -> None:
     """Serve a Nova-compatible metadata service (OpenStack and EC2 paths) until interrupted.
 
     \b
     Example:
-      boshreg testcloud metadata --listen 127.0.0.1:8775 --vm vm-1=./vm-1
+      boshreg testcloud metadata --host 127.0.0.1 --port 8775 --vm vm-1=./vm-1
     """
-    host, port = parse_listen(listen)
     vms = [parse_vm_spec(spec) for spec in vm_specs]
     try:
         server = MetadataServer(host, port, vms)
     except OSError as exc:
-        raise CliError(f"cannot listen on {listen}: {exc.strerror}; choose another --listen") from None
+        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror}; choose another --host or --port") from None
     click.echo(f"metadata service at {server.url} serving {', '.join(vm.name for vm in vms)}")
     sys.stdout.flush()
     try:

@@ -1,8 +1,8 @@
 """``boshreg agent resolve`` (also ``python -m boshreg.agent resolve`` inside a VM): standard library only.
 
-Settings go to standard output (or --out, written with mode 0600: they hold credentials); the trace
-goes to standard error, as text or, with --json, as JSON. Exit 0 with settings, 1 without, 2 for bad
-arguments.
+Settings go to standard output (or --output, written with mode 0600: they hold credentials) and the
+trace to standard error; with --json, one JSON document on standard output holds the trace, the verdict
+and the settings, as every --json of boshreg does. Exit 0 with settings, 1 without, 2 for bad arguments.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from boshreg.agent.agent_json import AgentConfigError, AgentSettings, load_agent_config, retarget
 from boshreg.agent.resolver import (
@@ -36,10 +36,23 @@ EXIT_NO_SETTINGS = 1
 EXIT_USAGE = 2
 
 
+class _HelpLikeTheRest(argparse.HelpFormatter):
+    """argparse's help in the layout of every other boshreg command (click's): ``Usage:``, ``Options:``."""
+
+    def add_usage(self, usage: str | None, actions: Any, groups: Any, prefix: str | None = None) -> None:
+        super().add_usage(usage, actions, groups, "Usage: " if prefix is None else prefix)
+
+
 class _OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line naming the problem and where to look (JSON under --json), exit 2."""
 
     as_json = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpLikeTheRest)
+        super().__init__(*args, **kwargs)
+        self._optionals.title = "Options"
+        self._positionals.title = "Commands"
 
     def error(self, message: str) -> NoReturn:
         fix = f"see '{self.prog} --help'"
@@ -58,8 +71,8 @@ def build_parser(prog: str = "boshreg agent") -> argparse.ArgumentParser:
         description="Walk the sources of the stemcell's agent.json as bosh-agent does (the first that is there "
         "feeds the VM), then get the settings (from the user data itself, or the registry it names), within one "
         f"deadline; judge the VM {Word.PORTABLE}, {Word.PINNED} to its config drive, or {Word.BROKEN}. Settings go to "
-        "standard output, "
-        "the trace and the verdict to standard error.",
+        "standard output, the trace and the verdict to standard error; with --json, all three as one JSON document "
+        "on standard output.",
         epilog="examples: boshreg agent resolve --metadata-url http://127.0.0.1:8775 --json; "
         "boshreg agent resolve --agent-config agent.json --config-drive drive.iso --metadata-url http://127.0.0.1:8775",
     )
@@ -89,9 +102,13 @@ def build_parser(prog: str = "boshreg agent") -> argparse.ArgumentParser:
         f"default: {', '.join(nova.CONFIG_DRIVE_DISK_PATHS)})",
     )
     resolve_parser.add_argument(
-        "--user-data-file",
+        "--user-data",
+        dest="user_data_file",
         metavar="PATH",
         help=f"a File source reading user data from PATH (e.g. the old personality path {nova.PERSONALITY_PATH})",
+    )
+    resolve_parser.add_argument(  # the name before boshreg had one vocabulary; kept for scripts, not shown
+        "--user-data-file", dest="user_data_file", default=argparse.SUPPRESS, help=argparse.SUPPRESS
     )
     resolve_parser.add_argument(
         "--key",
@@ -112,8 +129,15 @@ def build_parser(prog: str = "boshreg agent") -> argparse.ArgumentParser:
         help="connect from this local address (a VM with several interfaces; or one test cloud VM, "
         "as in `boshreg testcloud metadata --vm NAME=DIR@ADDR`)",
     )
-    resolve_parser.add_argument("--out", metavar="FILE", help="write the settings here (mode 0600) instead of stdout")
-    resolve_parser.add_argument("--json", action="store_true", help="write the trace as JSON")
+    resolve_parser.add_argument(
+        "-o", "--output", dest="out", metavar="FILE", help="write the settings here (mode 0600) instead of stdout"
+    )
+    resolve_parser.add_argument("--out", dest="out", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old name
+    resolve_parser.add_argument(
+        "--json",
+        action="store_true",
+        help="write one JSON document to stdout: the trace, the verdict and the settings (unless --output)",
+    )
     return parser
 
 
@@ -187,21 +211,22 @@ def main(argv: Sequence[str] | None = None, prog: str = "boshreg agent") -> int:
             chosen.sources, key=key, deadline=args.deadline, cacert=args.cacert, source_address=args.bind
         )
     except ResolveError as exc:
-        _report(exc.trace.to_json() | {"error": str(exc)} if args.json else f"{exc.trace.to_text()}", args.json)
-        if not args.json:
-            print(f"boshreg: error: {exc}", file=sys.stderr)
+        if args.json:
+            print(json.dumps(exc.trace.to_json() | {"settings": None, "error": str(exc)}, indent=2))
+        else:
+            print(f"{exc.trace.to_text()}\nboshreg: error: {exc}", file=sys.stderr)
         return EXIT_NO_SETTINGS
     text = settings_json(resolution.settings)
     if args.out:
         _write_private(Path(args.out), text + "\n")
-    else:
+    if args.json:
+        settings = {"settings_file": args.out} if args.out else {"settings": resolution.settings}
+        print(json.dumps(resolution.trace.to_json() | settings, indent=2))
+        return 0
+    if not args.out:
         print(text)
-    _report(resolution.trace.to_json() if args.json else resolution.trace.to_text(), args.json)
+    print(resolution.trace.to_text(), file=sys.stderr)
     return 0
-
-
-def _report(trace: object, as_json: bool) -> None:
-    print(json.dumps(trace, indent=2) if as_json else trace, file=sys.stderr)
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -354,11 +354,11 @@ def _boot(lab: NetLab, vm: LabVm, agent_json: Path, deadline: float) -> PhaseRes
             "--deadline", f"{deadline:g}", "--json"]  # fmt: skip
     result = lab.run(vm, argv, timeout=deadline + 30)
     try:
-        trace: dict[str, Any] = json.loads(result.stderr)
+        trace: dict[str, Any] = json.loads(result.stdout)
     except ValueError:
         return PhaseResult(False, None, None, error=f"the agent printed no trace: {result.stderr.strip()[-300:]}")
     detail = trace.get("verdict_detail") or {}
-    booted = result.returncode == 0 and json.loads(result.stdout) == example_settings(vm.name)
+    booted = result.returncode == 0 and trace.get("settings") == example_settings(vm.name)
     return PhaseResult(booted, trace.get("verdict"), detail.get("fed_by"), error=trace.get("error"), trace=trace)
 
 

@@ -104,11 +104,3 @@ def parse_vm_spec(spec: str) -> TestVm:
         except ValueError:
             raise TestCloudError(f"--vm {spec!r}: {ip!r} is not an IP address") from None
     return TestVm.from_directory(name, Path(directory), ip or None)
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` (IPv6 in brackets) into a bind address."""
-    host, colon, port = text.rpartition(":")
-    if not colon or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise TestCloudError(f"--listen {text!r}: write HOST:PORT, e.g. 127.0.0.1:8775")
-    return host.strip("[]") or "127.0.0.1", int(port)
