@@ -28,7 +28,7 @@ from boshreg.bootstrap.registry_key import REGISTRY_KEY
 from boshreg.registry.access import Decision, decide
 from boshreg.registry.audit import EVENTS_DEFAULT, EVENTS_MAX, AuditLog, query_events
 from boshreg.registry.auth import REALM, Authenticator, Caller, Identity, parse_basic
-from boshreg.registry.cache import NoWatch, ResponseCache, SharedMarker
+from boshreg.registry.cache import FOREIGN_EXPIRY_SECONDS, NoWatch, PgNotifications, ResponseCache, SharedMarker
 from boshreg.registry.config import RegistryConfig
 from boshreg.registry.iaas import (
     IaasUnavailable,
@@ -406,6 +406,10 @@ def answer_cache(config: RegistryConfig, store: SettingsStore) -> ResponseCache 
         if url.database in (None, "", ":memory:"):
             return None  # one process only: nothing to share a marker with, and no file to put it beside
         return ResponseCache(SharedMarker(Path(str(url.database))), max_bytes=config.http.cache_bytes, max_seconds=None)
+    if url.get_backend_name() == "postgresql":
+        return ResponseCache(
+            PgNotifications(store.engine), max_bytes=config.http.cache_bytes, max_seconds=FOREIGN_EXPIRY_SECONDS
+        )
     if config.http.cache_seconds == 0:
         return None
     return ResponseCache(NoWatch(), max_bytes=config.http.cache_bytes, max_seconds=config.http.cache_seconds)

@@ -10,7 +10,11 @@ never outlive a write by more than a stated bound:
   are not boshreg (the original registry on the same file, ``sqlite3``) are seen through SQLite's
   ``PRAGMA data_version`` within ``FOREIGN_CHECK_SECONDS`` (that number also moves when any process
   writes its audit trail, so checking it more often would empty the cache several times a second);
-- PostgreSQL and MySQL/MariaDB (other hosts may write): each entry lives ``http.cache_seconds`` at most.
+- PostgreSQL, other workers and replicas on any host: each boshreg write sends a notification in its own
+  transaction (``LISTEN``/``NOTIFY``); every worker listens and drops its cache when one arrives (the
+  bound is the delivery, milliseconds); while a worker is not listening it keeps nothing. Writers that
+  are not boshreg are seen when entries expire, within ``FOREIGN_EXPIRY_SECONDS``;
+- MySQL/MariaDB (no notifications): each entry lives ``http.cache_seconds`` at most.
 
 Memory is bounded (``http.cache_bytes``, least recently used out first) and answers over
 ``ENTRY_MAX_BYTES`` are not cached.
@@ -18,16 +22,27 @@ Memory is bounded (``http.cache_bytes``, least recently used out first) and answ
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import mmap
 import os
+import random
 import secrets
 import sqlite3
+import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Protocol
 
+from sqlalchemy import Engine
+
+log = logging.getLogger(__name__)
+
 ENTRY_MAX_BYTES = 64 * 1024
+CHANNEL = "boshreg_settings"  # PostgreSQL's notification channel for settings writes
+NOTIFY_POLL_SECONDS = 1.0
+FOREIGN_EXPIRY_SECONDS = 60.0  # PostgreSQL: how long an answer lives, for writers that send no notification
 FOREIGN_CHECK_SECONDS = 10.0  # SQLite's data_version also moves on every audit-trail commit: not more often
 _MARKER_BYTES = 8
 
@@ -95,6 +110,65 @@ class SharedMarker:
         self._foreign.close()
 
 
+class PgNotifications:
+    """PostgreSQL tells every worker of every replica about each boshreg write (LISTEN/NOTIFY).
+
+    Writers send ``pg_notify(CHANNEL, id)`` inside the write's transaction, so it is delivered at commit.
+    A thread per worker listens on a connection of its own; while that connection is not listening
+    (start-up, a restart of the database), ``version`` changes on every call: nothing is kept, since
+    nothing would be heard.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._version = 0
+        self._listening = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._listen, name="cache-notifications", daemon=True)
+        self._thread.start()
+
+    def version(self) -> int:
+        if not self._listening:
+            self._version += 1
+        return self._version
+
+    def changed_here(self) -> None:
+        return None  # the write's own transaction sent the notification
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def _listen(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            raw = None
+            try:
+                raw = self._engine.raw_connection()
+                conn = raw.driver_connection
+                assert conn is not None
+                conn.autocommit = True
+                conn.execute(f"LISTEN {CHANNEL}")
+                self._version += 1  # writes before LISTEN were not heard: drop what is kept
+                self._listening = True
+                failures = 0
+                while not self._stop.is_set():
+                    for _ in conn.notifies(timeout=NOTIFY_POLL_SECONDS):
+                        self._version += 1
+            except Exception as exc:  # any failure of this connection means: not listening
+                failures += 1
+                if failures == 1:
+                    log.warning(
+                        "read cache: not listening for PostgreSQL notifications (%s); not caching", type(exc).__name__
+                    )
+            finally:
+                self._listening = False
+                self._version += 1
+                if raw is not None:
+                    with contextlib.suppress(Exception):
+                        raw.invalidate()
+            self._stop.wait(1.0)
+
+
 class _DataVersion:
     """SQLite's count of commits made by other connections to the database file."""
 
@@ -160,7 +234,9 @@ class ResponseCache:
         old = self._entries.pop(instance_id, None)
         if old is not None:
             self._bytes -= len(old[0])
-        expires = read_at + self.max_seconds if self.max_seconds is not None else 0.0
+        # Spread over the second half of the allowed life: answers read together must not expire together
+        # (a whole cache refilled at once from PostgreSQL stalled every request behind it).
+        expires = read_at + self.max_seconds * (0.5 + random.random() / 2) if self.max_seconds is not None else 0.0
         self._entries[instance_id] = (body, expires)
         self._bytes += len(body)
         while self._bytes > self.max_bytes and self._entries:

@@ -27,6 +27,7 @@ from sqlalchemy.sql.dml import Insert
 
 from boshreg.bootstrap.endpoint import redact_url
 from boshreg.errors import BoshregError
+from boshreg.registry.cache import CHANNEL
 from boshreg.registry.group_commit import GroupCommit
 from boshreg.registry.tables import metadata, registry_events, registry_instances
 
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 _SQL_LOG = logging.getLogger("sqlalchemy.engine.Engine")  # each statement, at loglevel: debug
 
 _MYSQL_DATA_TOO_LONG = 1406
+_NOTIFY = text("SELECT pg_notify(:channel, :instance_id)")
 _GET_SETTINGS = select(registry_instances.c.settings).where(
     registry_instances.c.instance_id == bindparam("instance_id")
 )
@@ -221,6 +223,7 @@ class SettingsStore:
         """Create or replace the settings of one instance, committed before returning."""
 
         def write(conn: Connection) -> None:
+            self._notify(conn, instance_id)
             if self._unique_instance_id:
                 conn.execute(self._upsert(instance_id, settings))
                 return
@@ -239,9 +242,15 @@ class SettingsStore:
         statement = delete(registry_instances).where(registry_instances.c.instance_id == instance_id)
 
         def remove(conn: Connection) -> bool:
+            self._notify(conn, instance_id)
             return bool(conn.execute(statement).rowcount)
 
         return self._run(lambda: self._commits.run(remove))
+
+    def _notify(self, conn: Connection, instance_id: str) -> None:
+        """On PostgreSQL: tell every registry's read cache, at this transaction's commit (``cache``)."""
+        if conn.dialect.name == "postgresql":
+            conn.execute(_NOTIFY, {"channel": CHANNEL, "instance_id": instance_id})
 
     def _run(self, work: Callable[[], T]) -> T:
         """Run one statement's work, with the store's errors; once more if the pooled connection was dead.
