@@ -46,6 +46,12 @@ def test_admin_gets_a_vms_credential_from_the_registry(registry: RegistryProcess
     assert response.json() == {"status": "ok", "user": "vm-1", "password": instance_token(SECRET, "vm-1")}
 
 
+def test_an_id_basic_auth_cannot_carry_gets_no_credential(registry: RegistryProcess) -> None:
+    response = httpx.post(url(registry, "vm:1", "credentials"), auth=ADMIN)
+    assert response.status_code == 400
+    assert "basic auth cannot carry ':'" in response.json()["error"]
+
+
 def test_a_vm_credential_reads_its_own_settings(registry: RegistryProcess) -> None:
     httpx.put(url(registry, "vm-1"), content=SETTINGS, auth=ADMIN)
     response = httpx.get(url(registry, "vm-1"), auth=vm_auth("vm-1"))

@@ -167,3 +167,14 @@ def test_a_vm_booted_with_its_own_credential_resolves_and_cannot_read_others(
     assert own.user == "vm-own"
     response = httpx.get(f"{registry.url}/instances/vm-other/settings", auth=(own.user, own.password or ""))
     assert response.status_code == 403
+
+
+def test_render_refuses_a_per_vm_credential_basic_auth_cannot_carry(registry: RegistryProcess, tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text(SECRET + "\n")
+    result = boshreg(
+        "userdata", "render", "--name", "vm:1", "--endpoint", admin_endpoint(registry),
+        "--instance-secret-file", "secret", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "basic auth cannot carry ':'" in result.stderr

@@ -19,6 +19,20 @@ def generate_secret() -> str:
     return secrets.token_urlsafe(SECRET_BYTES)
 
 
+def credential_problem(instance_id: str) -> str | None:
+    """Why ``instance_id`` cannot have a per-VM credential, or None.
+
+    The credential's user name is the instance id, and basic auth splits ``user:password`` at the first
+    ``:``: an id with one would be sent as another user, so the credential could never work.
+    """
+    if ":" in instance_id:
+        return (
+            f"{instance_id!r} cannot have a per-VM credential: basic auth cannot carry ':' in a user name; "
+            "name the VM without ':' or give it the admin credential"
+        )
+    return None
+
+
 def instance_token(secret: str, instance_id: str) -> str:
     """The password of ``instance_id``'s read credential (URL-safe base64, no padding)."""
     digest = hmac.new(secret.encode("utf-8"), instance_id.encode("utf-8"), hashlib.sha256).digest()

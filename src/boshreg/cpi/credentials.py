@@ -9,15 +9,23 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from boshreg.bootstrap.credentials import instance_token
+from boshreg.bootstrap.credentials import credential_problem, instance_token
 from boshreg.bootstrap.endpoint import Endpoint
 from boshreg.client import RegistryClient
+from boshreg.errors import BoshregError
+
+
+class CredentialError(BoshregError):
+    """The VM cannot have a per-VM credential (its id has a ':')."""
 
 
 def per_vm_endpoint(
     admin: Endpoint, instance_id: str, *, secret: str | None = None, cacert: str | None = None
 ) -> Endpoint:
     """``admin`` with the VM's own credential in place of the admin's."""
+    problem = credential_problem(instance_id)
+    if problem is not None:
+        raise CredentialError(problem)
     if secret is not None:
         user, password = instance_id, instance_token(secret, instance_id)
     else:

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from boshreg.bootstrap.credentials import instance_token
+from boshreg.bootstrap.credentials import credential_problem, instance_token
 from boshreg.bootstrap.registry_key import REGISTRY_KEY
 from boshreg.registry.access import Decision, decide
 from boshreg.registry.audit import EVENTS_DEFAULT, EVENTS_MAX, AuditLog, query_events
@@ -220,6 +220,9 @@ class RegistryApi:
             instance_id = check_instance_id(raw_id)
         except PayloadError as exc:
             return error(400, "error", str(exc))
+        problem = credential_problem(instance_id)
+        if problem is not None:
+            return error(400, "error", problem)
         secret = self.config.http.instance_secret
         if secret is None:
             return error(404, "not_found", "per-VM credentials are off: no http.instance_secret")
