@@ -13,6 +13,7 @@ import resource
 import selectors
 import shutil
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -101,6 +102,25 @@ def test_pipelined_requests_are_answered_in_order(registry: RegistryProcess) -> 
     assert [json.loads(body).get("settings") for _, _, body in answers] == [
         settings_of("b").decode(), settings_of("a").decode(), None, settings_of("b").decode()
     ]  # fmt: skip
+
+
+def test_thousands_of_pipelined_reads_are_all_answered_in_order(registry: RegistryProcess) -> None:
+    count = 3_000
+    with connect(registry) as sock:
+        pending = bytearray()
+        sock.sendall(request("PUT", "/instances/vm-many/settings", body=settings_of("many")))
+        assert read_response(sock, pending)[0] == 200
+        answers: list[int] = []
+
+        def read_all() -> None:
+            for _ in range(count):
+                answers.append(read_response(sock, pending)[0])
+
+        reader = threading.Thread(target=read_all)
+        reader.start()  # the first read is not cached yet: the rest wait in line behind the app
+        sock.sendall(request("GET", "/instances/vm-many/settings") * count)
+        reader.join(timeout=30)
+    assert answers == [200] * count
 
 
 def test_a_cached_answer_is_the_same_bytes_as_the_first(registry: RegistryProcess) -> None:

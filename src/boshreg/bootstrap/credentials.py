@@ -12,6 +12,7 @@ import hmac
 import secrets
 
 SECRET_BYTES = 32
+USER_NAME_SEPARATOR = ":"  # basic auth's user:password: a user name cannot hold one
 
 
 def generate_secret() -> str:
@@ -25,7 +26,7 @@ def credential_problem(instance_id: str) -> str | None:
     The credential's user name is the instance id, and basic auth splits ``user:password`` at the first
     ``:``: an id with one would be sent as another user, so the credential could never work.
     """
-    if ":" in instance_id:
+    if USER_NAME_SEPARATOR in instance_id:
         return (
             f"{instance_id!r} cannot have a per-VM credential: basic auth cannot carry ':' in a user name; "
             "name the VM without ':' or give it the admin credential"

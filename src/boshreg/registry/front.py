@@ -215,10 +215,17 @@ class Connection(asyncio.Protocol):
         self.writing.set()
 
     def pause_writing(self) -> None:
+        # The client does not read its answers: stop reading its requests until it does (else answers to a
+        # flood of pipelined GETs would pile up in the transport's buffer).
         self.writing.clear()
+        if self.transport is not None and not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.writing.set()
+        if not self.closing:
+            self._continue()
 
     def close_when_idle(self) -> None:
         """At shutdown: close now if nothing is being answered or read, else after the current answer."""
@@ -381,25 +388,27 @@ class Connection(asyncio.Protocol):
     def _enqueue(self, request: _Request) -> None:
         if self.closing:
             return
-        if self.busy or self.queue:
+        if self.busy or self.queue or not self.writing.is_set():
             self.queue.append(request)
             if len(self.queue) > PIPELINE_MAX and self.transport is not None and not self.reading_paused:
                 self.reading_paused = True
                 self.transport.pause_reading()
             return
-        self._start(request)
+        if self._start(request):
+            self._finished(request)
 
-    def _start(self, request: _Request) -> None:
+    def _start(self, request: _Request) -> bool:
+        """Answer in place when the fast read can (True), else hand the request to the app."""
         if request.fast:
             body = self._fast(request)
             if body is not None:
                 self._write(request, 200, [(b"content-type", b"application/json")], body)
-                self._finished(request)
-                return
+                return True
         self.busy = True
         task = self.loop.create_task(self._run_app(request))
         self.front.tasks.add(task)
         task.add_done_callback(self.front.tasks.discard)
+        return False
 
     def _fast(self, request: _Request) -> bytes | None:
         instance_id = request.target[len(_SETTINGS_PREFIX) : -len(_SETTINGS_SUFFIX)]
@@ -419,13 +428,19 @@ class Connection(asyncio.Protocol):
         if not request.keep_alive or not request.complete or self.closing:
             self._close()
             return
+        self._continue()
+
+    def _continue(self) -> None:
+        """Answer what waits in line (in a loop, not by recursion: a line can be thousands long), then the timers."""
+        while self.queue and not self.busy and not self.closing and self.writing.is_set():
+            request = self.queue.popleft()
+            if self._start(request) and (not request.keep_alive or not request.complete):
+                self._close()
+        if self.busy or self.closing or not self.writing.is_set():
+            return
         if self.reading_paused and len(self.queue) <= PIPELINE_MAX // 2 and self.transport is not None:
             self.reading_paused = False
             self.transport.resume_reading()
-        while self.queue and not self.busy and not self.closing:
-            self._start(self.queue.popleft())
-        if self.busy or self.closing:
-            return
         if self.parsing and self.current is None:  # a head began while the app was answering: its deadline now
             self._arm(self.limits.header_timeout, self._head_timed_out)
         elif not self.parsing and not self.queue:

@@ -9,16 +9,20 @@ from __future__ import annotations
 from typing import Any
 
 from boshreg import __version__
+from boshreg.bootstrap.credentials import USER_NAME_SEPARATOR
 from boshreg.bootstrap.registry_key import REGISTRY_KEY
 from boshreg.registry.audit import EVENTS_DEFAULT, EVENTS_MAX
 
-_ID = {
+_ID: dict[str, Any] = {
     "name": "instance_id",
     "in": "path",
     "required": True,
     "schema": {"type": "string", "pattern": f"^{REGISTRY_KEY.pattern}$"},
     "description": "The VM's registry key: its server name (OpenStack) or instance id (AWS).",
 }
+
+# A per-VM credential's user name is the id, and basic auth cannot carry a ':' in it (400 otherwise).
+_CREDENTIAL_ID = {**_ID, "schema": {**_ID["schema"], "not": {"pattern": USER_NAME_SEPARATOR}}}
 
 
 def _body(name: str) -> dict[str, Any]:
@@ -92,7 +96,7 @@ OPENAPI: dict[str, Any] = {
             },
         },
         "/instances/{instance_id}/credentials": {
-            "parameters": [_ID],
+            "parameters": [_CREDENTIAL_ID],
             "post": {
                 "summary": "The VM's read credential (admin)",
                 "responses": {"200": {"description": "The credential", **_body("Credentials")}, **_COMMON,
