@@ -184,12 +184,16 @@ class RegistryApi:
             instance_id = check_instance_id(raw_id)
             if request.method == "PUT":
                 settings = check_settings(await self._read_body(request))
-                await self._run(self.store.put, instance_id, settings)
-                self._written(instance_id)
+                try:
+                    await self._run(self.store.put, instance_id, settings)
+                finally:  # also when the answer is 503: a write that timed out here may still commit
+                    self._written(instance_id)
                 return JSONResponse(OK)
             if request.method == "DELETE":
-                await self._run(self.store.delete, instance_id)
-                self._written(instance_id)
+                try:
+                    await self._run(self.store.delete, instance_id)
+                finally:
+                    self._written(instance_id)
                 return JSONResponse(OK)
             version = self.cache.version() if self.cache is not None else (0, 0)
             read_at = time.monotonic()
