@@ -23,10 +23,12 @@ from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, cast
+from urllib.parse import unquote_to_bytes
 
 import httptools
 
-from boshreg.registry.access_log import AccessLog
+from boshreg.registry.access_log import AccessLog, printable_path
+from boshreg.registry.audit import printable
 from boshreg.registry.connections import ACCEPT_BATCH, LISTEN_BACKLOG, OpenConnections
 from boshreg.registry.peer import client_address
 
@@ -89,7 +91,19 @@ class _Request:
         self.body = bytearray()
         self.complete = False
         self.disconnected = False
-        self.more = asyncio.Event()
+        self.more: asyncio.Event | None = None  # made when the app first waits: most requests never do
+
+    def wake(self) -> None:
+        """More body, the end of it, or the client gone: wake the app if it waits."""
+        if self.more is not None:
+            self.more.set()
+
+    async def wait(self) -> None:
+        """Until ``wake``."""
+        if self.more is None:
+            self.more = asyncio.Event()
+        self.more.clear()
+        await self.more.wait()
 
 
 class Front:
@@ -112,7 +126,6 @@ class Front:
         self.access_log = AccessLog()
         self.open: set[Connection] = set()
         self.tasks: set[asyncio.Task[None]] = set()
-        self.stats = {"head_timeouts": 0, "body_timeouts": 0, "idle_closed": 0, "too_large_heads": 0, "refused": 0}
         self._date_second = -1
         self._date = b""
 
@@ -194,7 +207,6 @@ class Connection(asyncio.Protocol):
         sockname = transport.get_extra_info("sockname")
         self.server = (str(sockname[0]), int(sockname[1])) if sockname else None
         if not self.front.connections.admit(self.client):
-            self.front.stats["refused"] += 1
             self.transport.abort()
             return
         self.admitted = True
@@ -211,7 +223,7 @@ class Connection(asyncio.Protocol):
         for request in (self.current, *self.queue):
             if request is not None:
                 request.disconnected = True
-                request.more.set()
+                request.wake()
         self.writing.set()
 
     def pause_writing(self) -> None:
@@ -264,7 +276,6 @@ class Connection(asyncio.Protocol):
     def _head_timed_out(self) -> None:
         if self.busy:
             return  # the head of a pipelined request waits for the answer before it; the app has its own limit
-        self.front.stats["head_timeouts"] += 1
         if self.head_bytes:
             self._refuse(
                 408, f"the request head did not arrive within http.header_timeout ({self.limits.header_timeout:g} s)"
@@ -273,13 +284,11 @@ class Connection(asyncio.Protocol):
             self._close()
 
     def _body_timed_out(self) -> None:
-        self.front.stats["body_timeouts"] += 1
         self._refuse(
             408, f"the request body did not arrive within http.request_timeout ({self.limits.request_timeout:g} s)"
         )
 
     def _idle_timed_out(self) -> None:
-        self.front.stats["idle_closed"] += 1
         self._close()
 
     # --- parsing ---------------------------------------------------------------------------------------
@@ -298,14 +307,11 @@ class Connection(asyncio.Protocol):
             # httptools wraps what a callback raises (HttpParserCallbackError): our refusal is its context.
             refusal = exc if isinstance(exc, _Refusal) else exc.__context__
             if isinstance(refusal, _Refusal):
-                if refusal.status == 431:
-                    self.front.stats["too_large_heads"] += 1
                 self._refuse(refusal.status, str(refusal))
             else:
                 self._refuse(400, f"malformed HTTP request: {_parser_reason(exc)}")
             return
         if self.parsing and self.current is None and self.head_bytes > self.limits.max_header_bytes:
-            self.front.stats["too_large_heads"] += 1
             self._refuse(431, f"the request head is over http.max_header_bytes ({self.limits.max_header_bytes} bytes)")
 
     def on_message_begin(self) -> None:
@@ -366,7 +372,7 @@ class Connection(asyncio.Protocol):
         request = self.current
         assert request is not None
         request.body += body  # the app counts it against http.max_body_bytes; past BODY_BUFFER_MAX, reading pauses
-        request.more.set()
+        request.wake()
         if len(request.body) > BODY_BUFFER_MAX and self.transport is not None and not self.reading_paused:
             self.reading_paused = True
             self.transport.pause_reading()
@@ -377,7 +383,7 @@ class Connection(asyncio.Protocol):
         self.current = None
         self.parsing = False
         request.complete = True
-        request.more.set()
+        request.wake()
         if not self.busy:
             self._disarm()
         if request.fast:
@@ -461,12 +467,10 @@ class Connection(asyncio.Protocol):
                 sent_continue = True
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             while not request.body and not request.complete and not request.disconnected:
-                request.more.clear()
-                await request.more.wait()
+                await request.wait()
             if request.disconnected or (body_given and request.complete and not request.body):
                 while not request.disconnected and not answered:
-                    request.more.clear()
-                    await request.more.wait()
+                    await request.wait()
                 return {"type": "http.disconnect"}
             body, request.body = bytes(request.body), bytearray()
             if self.reading_paused and not self.queue and self.transport is not None:
@@ -489,7 +493,7 @@ class Connection(asyncio.Protocol):
         try:
             await self.front.app(self._scope(request), receive, send)
         except Exception:
-            log.exception("%s %s failed", request.method.decode(), _printable(request.target))
+            log.exception("%s %s failed", request.method.decode(), printable_path(request.target))
             if not started:
                 status, response_headers, chunks = (
                     500,
@@ -579,17 +583,10 @@ class Connection(asyncio.Protocol):
 
 def _parser_reason(exc: Exception) -> str:
     text = str(exc) or type(exc).__name__
-    return _printable(text.encode("utf-8", "replace"))[:200]
-
-
-def _printable(raw: bytes) -> str:
-    text = raw.decode("ascii", "backslashreplace")
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+    return printable(text)[:200]
 
 
 def _unquote(path: bytes) -> str:
     if b"%" not in path:
         return path.decode("latin-1")
-    from urllib.parse import unquote_to_bytes
-
     return unquote_to_bytes(path).decode("utf-8", "surrogateescape")
