@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy import URL, create_engine, text
 
-from boshreg.registry.cache import ENTRY_MAX_BYTES, FOREIGN_CHECK_SECONDS, NoWatch, ResponseCache
+from boshreg.registry.cache import ENTRY_MAX_BYTES, FOREIGN_CHECK_SECONDS, Answer, NoWatch, ResponseCache
 from conftest import RegistryLauncher
 from support.registry import ADMIN_PASSWORD, RegistryProcess
 
@@ -123,9 +123,9 @@ class CountingWatch(NoWatch):
 def test_least_recently_used_answers_go_first_when_the_cache_is_full() -> None:
     cache = ResponseCache(NoWatch(), max_bytes=3000, max_seconds=None)
     for name in ("a", "b", "c"):
-        cache.put(name, b"x" * 1000, cache.version(), time.monotonic())
+        cache.put(name, Answer(b"x" * 1000, 0), cache.version(), time.monotonic())
     assert cache.get("a") is not None  # a is now the most recently used
-    cache.put("d", b"x" * 1000, cache.version(), time.monotonic())
+    cache.put("d", Answer(b"x" * 1000, 0), cache.version(), time.monotonic())
     assert cache.get("b") is None
     assert cache.get("a") is not None
     assert cache.size_bytes <= 3000
@@ -133,7 +133,7 @@ def test_least_recently_used_answers_go_first_when_the_cache_is_full() -> None:
 
 def test_answers_over_the_entry_limit_are_not_kept() -> None:
     cache = ResponseCache(NoWatch(), max_bytes=10 * ENTRY_MAX_BYTES, max_seconds=None)
-    cache.put("big", b"x" * (ENTRY_MAX_BYTES + 1), cache.version(), time.monotonic())
+    cache.put("big", Answer(b"x" * (ENTRY_MAX_BYTES + 1), 0), cache.version(), time.monotonic())
     assert cache.get("big") is None
 
 
@@ -142,26 +142,26 @@ def test_a_read_that_began_before_a_write_is_not_kept() -> None:
     cache = ResponseCache(watch, max_bytes=1 << 20, max_seconds=None)
     before = cache.version()
     cache.forget("vm")  # this process wrote while the read was on its way
-    cache.put("vm", b"old", before, time.monotonic())
+    cache.put("vm", Answer(b"old", 0), before, time.monotonic())
     assert cache.get("vm") is None
     before = cache.version()
     watch.value += 1  # another process wrote
-    cache.put("vm", b"old", before, time.monotonic())
+    cache.put("vm", Answer(b"old", 0), before, time.monotonic())
     assert cache.get("vm") is None
 
 
 def test_another_process_writing_empties_the_cache() -> None:
     watch = CountingWatch()
     cache = ResponseCache(watch, max_bytes=1 << 20, max_seconds=None)
-    cache.put("vm", b"answer", cache.version(), time.monotonic())
-    assert cache.get("vm") == b"answer"
+    cache.put("vm", Answer(b"answer", 0), cache.version(), time.monotonic())
+    assert cache.get("vm") == Answer(b"answer", 0)
     watch.value += 1
     assert cache.get("vm") is None
 
 
 def test_entries_expire_after_max_seconds() -> None:
     cache = ResponseCache(NoWatch(), max_bytes=1 << 20, max_seconds=0.05)
-    cache.put("vm", b"answer", cache.version(), time.monotonic())
-    assert cache.get("vm") == b"answer"
+    cache.put("vm", Answer(b"answer", 0), cache.version(), time.monotonic())
+    assert cache.get("vm") == Answer(b"answer", 0)
     time.sleep(0.06)
     assert cache.get("vm") is None

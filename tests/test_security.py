@@ -43,7 +43,8 @@ def vm_auth(instance_id: str, secret: str = SECRET) -> tuple[str, str]:
 
 def test_admin_gets_a_vms_credential_from_the_registry(registry: RegistryProcess) -> None:
     response = httpx.post(url(registry, "vm-1", "credentials"), auth=ADMIN)
-    assert response.json() == {"status": "ok", "user": "vm-1", "password": instance_token(SECRET, "vm-1")}
+    expected = {"status": "ok", "user": "vm-1", "password": instance_token(SECRET, "vm-1"), "generation": 0}
+    assert response.json() == expected
 
 
 def test_an_id_basic_auth_cannot_carry_gets_no_credential(registry: RegistryProcess) -> None:

@@ -14,7 +14,7 @@ from sqlalchemy.engine import URL
 
 from boshreg.registry.config import DbConfig
 from boshreg.registry.engine import build_async_engine, build_engine
-from boshreg.registry.store import SettingsRejected, SettingsStore, StoreUnavailable, pool_size
+from boshreg.registry.store import SettingsRejected, SettingsStore, Stored, StoreUnavailable, pool_size
 from conftest import usable_backend
 from support.databases import original_table_ddl
 
@@ -134,7 +134,7 @@ def test_sqlite_read_in_line_fails_as_unavailable_and_recovers(tmp_path: Path) -
     """A read that SQLite refuses is a 503 for that request, not an internal error, and the next read works."""
     store = SettingsStore(build_engine(DbConfig(url=f"sqlite:///{tmp_path / 'registry.db'}")))
     store.put("vm-1", SETTINGS)
-    assert store.get_inline("vm-1") == SETTINGS
+    assert store.get_inline("vm-1").settings == SETTINGS
     other = create_engine(f"sqlite:///{tmp_path / 'registry.db'}")
     with other.begin() as conn:
         conn.execute(text("ALTER TABLE registry_instances RENAME TO registry_instances_moved"))
@@ -143,7 +143,7 @@ def test_sqlite_read_in_line_fails_as_unavailable_and_recovers(tmp_path: Path) -
     with other.begin() as conn:
         conn.execute(text("ALTER TABLE registry_instances_moved RENAME TO registry_instances"))
     other.dispose()
-    assert store.get_inline("vm-1") == SETTINGS
+    assert store.get_inline("vm-1").settings == SETTINGS
     store.close()
 
 
@@ -157,7 +157,7 @@ def test_postgres_reads_on_the_event_loop_see_what_was_written(tmp_path: Path) -
 
         async def read_written() -> tuple[str | None, str | None]:
             await asyncio.to_thread(store.put, "vm-1", SETTINGS)
-            found = await store.get_async("vm-1"), await store.get_async("vm-unknown")
+            found = (await store.get_async("vm-1")).settings, (await store.get_async("vm-unknown")).settings
             await store.aclose()
             return found
 
@@ -173,3 +173,19 @@ def test_postgres_reads_and_writes_share_db_max_connections(max_connections: int
     sizes = [pool_size(threads), pool_size(on_the_loop.sync_engine)]
     assert sum(sizes) == max(2, max_connections)  # at least one each
     assert min(sizes) >= 1
+
+
+def test_deleting_settings_and_revoking_raise_the_credential_generation(store: SettingsStore) -> None:
+    """The generation is what makes a VM's old credential stop working: each delete and revoke raises it,
+    in the write's own transaction, and a read returns it with the settings."""
+    assert store.read("vm-gen") == Stored(None, 0)
+    store.put("vm-gen", SETTINGS)
+    assert store.read("vm-gen") == Stored(SETTINGS, 0)
+    assert store.revoke("vm-gen") == 1
+    assert store.read("vm-gen") == Stored(SETTINGS, 1)  # settings stay
+    store.delete("vm-gen")
+    assert store.read("vm-gen") == Stored(None, 2)
+    store.put("vm-gen", SETTINGS)
+    assert (store.read("vm-gen"), store.generation("vm-other")) == (Stored(SETTINGS, 2), 0)
+    if store.reads_inline:
+        assert store.get_inline("vm-gen") == Stored(SETTINGS, 2)

@@ -117,6 +117,18 @@ def test_reads_refused_403_with_another_vms_credential(registry: RegistryProcess
     assert "--per-vm-credentials" in report["fix"]
 
 
+def test_reads_with_a_revoked_credential(registry: RegistryProcess, tmp_path: Path) -> None:
+    put(registry, "vm-old")
+    old = ("vm-old", instance_token(INSTANCE_SECRET, "vm-old"))
+    assert httpx.delete(f"{registry.url}/instances/vm-old/settings", auth=ADMIN).status_code == 200
+    put(registry, "vm-old")  # re-created under the same name: the old user data's credential is revoked
+    assert get(registry, "vm-old", old) == 401
+    report = why(registry, "vm-old", tmp_path, events=4)
+    assert report["diagnosis"] == "refused-401"
+    assert report["message"].startswith("the VM reads with a revoked per-VM credential")
+    assert report["registry"]["events"][0]["outcome"] == "revoked"
+
+
 def test_ip_mismatch(registry: RegistryProcess, tmp_path: Path) -> None:
     put(registry, "vm-ip")
     status, _ = get_from(f"{registry.url}/instances/vm-ip/settings", "127.0.0.5")  # vm-x's address

@@ -412,6 +412,36 @@ def settings_delete(instance_id: str, endpoint: str | None, data_dir: Path, cace
     click.echo(f"deleted settings of {instance_id}")
 
 
+@cli.group("credentials")
+def credentials_group() -> None:
+    """Revoke one VM's per-VM read credential.
+
+    \b
+    Example:
+      boshreg credentials revoke vm-3f1c --endpoint http://admin:secret@10.0.0.5:25777
+    """
+
+
+@credentials_group.command("revoke")
+@click.argument("instance_id")
+@endpoint_option
+@data_dir_option
+@cacert_option
+@timeout_option
+def credentials_revoke(
+    instance_id: str, endpoint: str | None, data_dir: Path, cacert: str | None, timeout: float
+) -> None:
+    """End INSTANCE_ID's per-VM credential at once, in every worker and replica; its settings stay.
+
+    The VM reads nothing with its old user data from then on: render new user data (`boshreg userdata
+    render --per-vm-credentials`, or `--instance-secret-file` with the printed generation) and recreate
+    it. Deleting a VM's settings revokes its credential too.
+    """
+    with RegistryClient(_endpoint(endpoint, data_dir), timeout=timeout, cacert=cacert) as client:
+        generation = client.revoke_credentials(instance_id)
+    click.echo(f"revoked the per-VM credential of {instance_id}; its credentials are now of generation {generation}")
+
+
 @cli.group("endpoint")
 def endpoint_group() -> None:
     """Check registry endpoints before VMs depend on them."""
@@ -489,6 +519,14 @@ def userdata_group() -> None:
     envvar="BOSHREG_INSTANCE_SECRET_FILE",
     help="The registry's http.instance_secret (a data directory's instance-secret file).",
 )
+@click.option(
+    "--generation",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="With --instance-secret-file: the VM's credential generation, 0 unless its settings were deleted or "
+    "its credential revoked before (`boshreg credentials revoke` prints the new one).",
+)
 @cacert_option
 @click.option(
     "--delivery",
@@ -518,6 +556,7 @@ def userdata_render(
     public_key_file: TextIO | None,
     per_vm: bool | None,
     instance_secret_file: TextIO | None,
+    generation: int,
     cacert: str | None,
     delivery: str,
     cloud: str,
@@ -541,9 +580,11 @@ def userdata_render(
         if not is_ip_address(server):
             raise CliError(f"--dns {server!r} is not an IP address")
     secret = instance_secret_file.read().strip() if instance_secret_file else None
+    if generation and secret is None:
+        raise CliError("--generation needs --instance-secret-file (without it the registry is asked, and knows)")
     admin_in_vm = endpoint is not None and per_vm is None and secret is None
     if endpoint is not None and (per_vm or (per_vm is None and secret is not None)):
-        endpoint = per_vm_endpoint(endpoint, name, secret=secret, cacert=cacert)
+        endpoint = per_vm_endpoint(endpoint, name, secret=secret, generation=generation, cacert=cacert)
     bootstrap = render_bootstrap(
         name,
         endpoint=endpoint,

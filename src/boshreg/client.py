@@ -74,6 +74,15 @@ class RegistryClient:
             raise RegistryClientError(f"unexpected answer from {where}: no user and password in the body")
         return user, password
 
+    def revoke_credentials(self, instance_id: str) -> int:
+        """End the VM's current read credential; the new generation (admin credentials needed)."""
+        body = self._call("DELETE", instance_id, path="credentials")
+        generation = body.get("generation")
+        if not isinstance(generation, int):
+            where = self.endpoint.settings_url(instance_id, redacted=True)
+            raise RegistryClientError(f"unexpected answer from {where}: no generation in the body")
+        return generation
+
     def events(self, instance_id: str, limit: int = 100) -> list[dict[str, Any]]:
         """The instance's audit trail, newest first (admin credentials needed)."""
         body = self._call("GET", instance_id, path=f"events?limit={limit}")

@@ -166,6 +166,15 @@ def diagnose(registry: RegistrySide, vm: VmSide | None = None, *, now: datetime 
 
 def _refused(registry: RegistrySide, last: Event, now: datetime, facts: tuple[str, ...]) -> Diagnosis:
     when = f"{_ago(last.at, now)} from {last.client}"
+    if last.status == 401 and last.outcome == "revoked":
+        return Diagnosis(
+            REFUSED_401,
+            f"the VM reads with a revoked per-VM credential: its last read ({when}) was refused with 401 "
+            "(its settings were deleted, or its credential revoked, after its user data was rendered)",
+            f"render its user data with the current credential (`boshreg userdata render --name {registry.instance} "
+            "--per-vm-credentials`, which asks the registry) and recreate the VM",
+            facts,
+        )
     if last.status == 401:
         return Diagnosis(
             REFUSED_401,

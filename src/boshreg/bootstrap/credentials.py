@@ -1,7 +1,11 @@
-"""Per-VM read credentials: user = the VM's registry key, password = HMAC-SHA256(secret, key).
+"""Per-VM read credentials: user = the VM's registry key, password = HMAC-SHA256(secret, key, generation).
 
-The registry can check them without storing anything per VM, the CPI side can compute them when it
-knows the secret, and rotating the secret invalidates every one of them at once. Standard library only.
+The registry can check them without storing a secret per VM, the CPI side can compute them when it
+knows the secret (and the instance's generation), and rotating the secret invalidates every one of them
+at once. One VM's credential is revoked by raising its generation (the registry stores one number per
+instance): the password of generation 0 is the HMAC of the key alone, as before generations existed, so
+user data rendered then keeps working; later generations carry their number, ``<token>.<generation>``,
+so the registry can check the HMAC before it looks anything up. Standard library only.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import secrets
 
 SECRET_BYTES = 32
 USER_NAME_SEPARATOR = ":"  # basic auth's user:password: a user name cannot hold one
+_GENERATION_SEPARATOR = "."  # not in URL-safe base64, so the token ends where it starts
+_MAX_GENERATION_DIGITS = 18
 
 
 def generate_secret() -> str:
@@ -34,12 +40,27 @@ def credential_problem(instance_id: str) -> str | None:
     return None
 
 
-def instance_token(secret: str, instance_id: str) -> str:
-    """The password of ``instance_id``'s read credential (URL-safe base64, no padding)."""
-    digest = hmac.new(secret.encode("utf-8"), instance_id.encode("utf-8"), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+def instance_token(secret: str, instance_id: str, generation: int = 0) -> str:
+    """The password of ``instance_id``'s read credential of ``generation`` (URL-safe base64, no padding)."""
+    if generation < 0:
+        raise ValueError("a credential generation is a whole number from 0")
+    message = instance_id if generation == 0 else f"{instance_id}\0{generation}"  # ids never hold NUL
+    digest = hmac.new(secret.encode("utf-8"), message.encode("utf-8"), hashlib.sha256).digest()
+    token = base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+    return token if generation == 0 else f"{token}{_GENERATION_SEPARATOR}{generation}"
 
 
-def token_matches(secret: str, instance_id: str, token: str) -> bool:
-    """Constant-time check of a presented token."""
-    return hmac.compare_digest(instance_token(secret, instance_id).encode(), token.encode("utf-8", "replace"))
+def token_generation(secret: str, instance_id: str, password: str) -> int | None:
+    """The generation a presented password is a valid credential of, or None when it is not one.
+
+    Only the HMAC is checked here (constant time); whether that generation is still the instance's
+    current one is the registry's to say.
+    """
+    _, separator, number = password.partition(_GENERATION_SEPARATOR)
+    generation = 0
+    if separator:
+        if not (number.isascii() and number.isdigit() and len(number) <= _MAX_GENERATION_DIGITS) or number[0] == "0":
+            return None
+        generation = int(number)
+    expected = instance_token(secret, instance_id, generation).encode()
+    return generation if hmac.compare_digest(expected, password.encode("utf-8", "replace")) else None

@@ -2,7 +2,8 @@
 
 With the admin pair in every VM's user data, any process on any VM can read and overwrite every VM's
 settings. A per-VM credential reads one VM's settings and nothing else. The CPI side computes it when
-it knows the registry's instance secret, or asks the registry for it.
+it knows the registry's instance secret (and the instance's credential generation: 0 unless its settings
+were deleted or its credential revoked before), or asks the registry for it.
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ class CredentialError(BoshregError):
 
 
 def per_vm_endpoint(
-    admin: Endpoint, instance_id: str, *, secret: str | None = None, cacert: str | None = None
+    admin: Endpoint, instance_id: str, *, secret: str | None = None, generation: int = 0, cacert: str | None = None
 ) -> Endpoint:
     """``admin`` with the VM's own credential in place of the admin's."""
     problem = credential_problem(instance_id)
     if problem is not None:
         raise CredentialError(problem)
     if secret is not None:
-        user, password = instance_id, instance_token(secret, instance_id)
+        user, password = instance_id, instance_token(secret, instance_id, generation)
     else:
         with RegistryClient(admin, cacert=cacert) as client:
             user, password = client.instance_credentials(instance_id)

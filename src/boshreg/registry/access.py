@@ -16,8 +16,9 @@ READ = "read"
 WRITE = "write"
 DELETE = "delete"
 CREDENTIALS = "credentials"
+REVOKE = "revoke"
 EVENTS = "events"
-ACTIONS = (READ, WRITE, DELETE, CREDENTIALS, EVENTS)
+ACTIONS = (READ, WRITE, DELETE, CREDENTIALS, REVOKE, EVENTS)
 
 
 class Decision(enum.Enum):

@@ -28,7 +28,14 @@ from boshreg.bootstrap.registry_key import REGISTRY_KEY
 from boshreg.registry.access import Decision, decide
 from boshreg.registry.audit import EVENTS_DEFAULT, EVENTS_MAX, AuditLog, query_events
 from boshreg.registry.auth import REALM, Authenticator, Caller, Identity, parse_basic
-from boshreg.registry.cache import FOREIGN_EXPIRY_SECONDS, NoWatch, PgNotifications, ResponseCache, SharedMarker
+from boshreg.registry.cache import (
+    FOREIGN_EXPIRY_SECONDS,
+    Answer,
+    NoWatch,
+    PgNotifications,
+    ResponseCache,
+    SharedMarker,
+)
 from boshreg.registry.config import RegistryConfig
 from boshreg.registry.iaas import (
     IaasUnavailable,
@@ -40,7 +47,7 @@ from boshreg.registry.iaas import (
 from boshreg.registry.openapi import OPENAPI
 from boshreg.registry.payload import PayloadError, check_instance_id, check_settings
 from boshreg.registry.peer import client_address
-from boshreg.registry.store import SettingsRejected, SettingsStore, StoreUnavailable, pool_size
+from boshreg.registry.store import SettingsRejected, SettingsStore, Stored, StoreUnavailable, pool_size
 from boshreg.registry.throttle import AuthThrottle
 
 log = logging.getLogger(__name__)
@@ -71,7 +78,8 @@ def access_denied(message: str) -> JSONResponse:
     return error(401, "access_denied", message, **{"WWW-Authenticate": REALM})
 
 
-_ACTIONS = {"GET": "read", "HEAD": "read", "PUT": "write", "DELETE": "delete", "POST": "credentials"}
+_ACTIONS = {"GET": "read", "HEAD": "read", "PUT": "write", "DELETE": "delete"}
+_CREDENTIAL_ACTIONS = {"POST": "credentials", "DELETE": "revoke"}
 _OUTCOMES = {200: "ok", 400: "bad_request", 401: "access_denied", 403: "forbidden", 404: "not_found",
              413: "too_large", 429: "throttled", 500: "ip_mismatch", 503: "unavailable"}  # fmt: skip
 
@@ -114,12 +122,14 @@ class RegistryApi:
         cache = self.cache
         if cache is None:
             return None
-        body = cache.get(raw_id)
-        if body is None:
+        answer = cache.get(raw_id)
+        if answer is None:
             return None
         identity = self.auth.known(header) if header is not None else ANONYMOUS
         if identity is None or self.throttle.retry_after(client, identity.user or "") is not None:
             return None
+        if identity.caller is Caller.INSTANCE and identity.generation != answer.generation:
+            return None  # a revoked credential: the full path says so
         access = decide(
             identity.caller,
             identity.user,
@@ -132,7 +142,7 @@ class RegistryApi:
             return None
         if self.audit is not None:
             self.audit.record_read(raw_id, client, identity.caller.value)
-        return body
+        return answer.body
 
     def close(self) -> None:
         """Let go of the cache's shared files."""
@@ -143,16 +153,18 @@ class RegistryApi:
         """GET, PUT and DELETE of /instances/<id>/settings."""
         raw_id = request.path_params["instance_id"]
         identity, refusal = await self._authorize(request, raw_id, _ACTIONS[request.method])
-        response = refusal or await self._settings(request, raw_id)
+        response = refusal or await self._settings(request, raw_id, identity)
         self._record(request, raw_id, identity, response)
         return response
 
     async def credentials(self, request: Request) -> Response:
-        """POST /instances/<id>/credentials: a VM's read credential, for the CPI side (admin only)."""
+        """POST /instances/<id>/credentials: a VM's read credential, for the CPI side; DELETE revokes it
+        (admin only)."""
         raw_id = request.path_params["instance_id"]
-        identity, refusal = await self._authorize(request, raw_id, "credentials")
-        response = refusal or self._credentials(raw_id)
-        self._record(request, raw_id, identity, response)
+        action = _CREDENTIAL_ACTIONS[request.method]
+        identity, refusal = await self._authorize(request, raw_id, action)
+        response = refusal or await self._credentials(raw_id, revoke=request.method == "DELETE")
+        self._record(request, raw_id, identity, response, action=action)
         return response
 
     async def events(self, request: Request) -> Response:
@@ -179,7 +191,7 @@ class RegistryApi:
             return error(503, "error", "the audit trail cannot be read now", **{"Retry-After": "1"})
         return JSONResponse({"status": "ok", "events": [event.to_json() for event in found]})
 
-    async def _settings(self, request: Request, raw_id: str) -> Response:
+    async def _settings(self, request: Request, raw_id: str, identity: Identity) -> Response:
         try:
             instance_id = check_instance_id(raw_id)
             if request.method == "PUT":
@@ -207,11 +219,16 @@ class RegistryApi:
         except StoreUnavailable as exc:
             log.warning("%s %s: %s", request.method, request.url.path, exc)
             return error(503, "error", str(exc), **{"Retry-After": "1"})
-        if stored is None:
+        if identity.caller is Caller.INSTANCE and identity.generation != stored.generation:
+            return access_denied(
+                f"the per-VM credential of {instance_id} was revoked (its settings were deleted, or the "
+                "credential revoked, since it was issued); the VM needs user data with its current credential"
+            )
+        if stored.settings is None:
             return error(404, "not_found", f"no settings stored for instance {instance_id}")
-        body = settings_answer(stored)
+        body = settings_answer(stored.settings)
         if self.cache is not None:
-            self.cache.put(instance_id, body, version, read_at)
+            self.cache.put(instance_id, Answer(body, stored.generation), version, read_at)
         return Response(body, media_type="application/json")
 
     def _written(self, instance_id: str) -> None:
@@ -219,7 +236,8 @@ class RegistryApi:
         if self.cache is not None:
             self.cache.forget(instance_id)
 
-    def _credentials(self, raw_id: str) -> Response:
+    async def _credentials(self, raw_id: str, *, revoke: bool) -> Response:
+        """The VM's current credential, or (``revoke``) a new generation that ends the current one."""
         try:
             instance_id = check_instance_id(raw_id)
         except PayloadError as exc:
@@ -230,7 +248,19 @@ class RegistryApi:
         secret = self.config.http.instance_secret
         if secret is None:
             return error(404, "not_found", "per-VM credentials are off: no http.instance_secret")
-        return JSONResponse({"status": "ok", "user": instance_id, "password": instance_token(secret, instance_id)})
+        try:
+            if revoke:
+                try:
+                    generation = await self._run(self.store.revoke, instance_id)
+                finally:
+                    self._written(instance_id)
+                return JSONResponse({"status": "ok", "user": instance_id, "generation": generation})
+            generation = await self._run(self.store.generation, instance_id)
+        except StoreUnavailable as exc:
+            log.warning("credentials of %s: %s", instance_id, exc)
+            return error(503, "error", str(exc), **{"Retry-After": "1"})
+        password = instance_token(secret, instance_id, generation)
+        return JSONResponse({"status": "ok", "user": instance_id, "password": password, "generation": generation})
 
     async def _authorize(self, request: Request, instance_id: str, action: str) -> tuple[Identity, Response | None]:
         """Who is asking, and the refusal to send when they may not do ``action`` on ``instance_id``."""
@@ -321,13 +351,15 @@ class RegistryApi:
         if self.audit is None:
             return
         status = response.status_code
+        # A VM's own credential is refused with 401 for one reason only: it is of an older generation.
+        revoked = status == 401 and identity.caller is Caller.INSTANCE
         self.audit.record(
             action or _ACTIONS[request.method],
             raw_id[:255],
             _client(request),
             identity.caller.value,
             status,
-            _OUTCOMES.get(status, "error"),
+            "revoked" if revoked else _OUTCOMES.get(status, "error"),
         )
 
     async def healthz(self, _request: Request) -> Response:
@@ -356,13 +388,13 @@ class RegistryApi:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def _read(self, instance_id: str) -> str | None:
+    async def _read(self, instance_id: str) -> Stored:
         """The stored settings, read the cheapest way the store offers: in line, on the loop, or in a thread."""
         if self.store.reads_inline:
             return self.store.get_inline(instance_id)
         if self.store.reads_async:
             return await self._bounded(self.store.get_async(instance_id))
-        return await self._run(self.store.get, instance_id)
+        return await self._run(self.store.read, instance_id)
 
     async def _run(self, func: Callable[..., T], *args: Any) -> T:
         """Run a blocking store call in a worker thread, bounded by http.request_timeout."""
@@ -434,7 +466,7 @@ def asgi_app(api: RegistryApi) -> Callable[..., Awaitable[None]]:
     store = api.store
     routes = [
         Route("/instances/{instance_id}/settings", api.settings, methods=["GET", "PUT", "DELETE"]),
-        Route("/instances/{instance_id}/credentials", api.credentials, methods=["POST"]),
+        Route("/instances/{instance_id}/credentials", api.credentials, methods=["POST", "DELETE"]),
         Route("/instances/{instance_id}/events", api.events, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/readyz", api.readyz, methods=["GET"]),

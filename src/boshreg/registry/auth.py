@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import bcrypt
 
-from boshreg.bootstrap.credentials import token_matches
+from boshreg.bootstrap.credentials import token_generation
 from boshreg.bootstrap.registry_key import REGISTRY_KEY
 from boshreg.registry.config import AdminSecret
 
@@ -40,6 +40,7 @@ class Caller(enum.Enum):
 class Identity:
     caller: Caller
     user: str | None = None
+    generation: int = 0  # a VM's credential: the generation it was issued for (the store knows the current one)
 
 
 def parse_basic(header: str | None) -> tuple[str, str] | None:
@@ -109,7 +110,7 @@ class Authenticator:
         user, password = credentials
         if user in self._hashed:
             return self._digest(user, password) not in self._remembered
-        return user not in self._plain_users and not self._is_instance(user, password)  # the decoy check
+        return user not in self._plain_users and self._instance_generation(user, password) is None  # the decoy
 
     def identify(self, header: str | None) -> Identity:
         """Classify a request by its Authorization header.
@@ -128,18 +129,18 @@ class Authenticator:
         user, password = credentials
         if user in self._plain_users or user in self._hashed:
             return Identity(Caller.ADMIN, user) if self._is_admin(user, password) else Identity(Caller.REFUSED, user)
-        if self._is_instance(user, password):
-            return Identity(Caller.INSTANCE, user)
+        generation = self._instance_generation(user, password)
+        if generation is not None:
+            return Identity(Caller.INSTANCE, user, generation)
         if self._hashed:
             bcrypt.checkpw(password.encode(), self._decoy)
         return Identity(Caller.REFUSED, user)
 
-    def _is_instance(self, user: str, password: str) -> bool:
-        return (
-            self._instance_secret is not None
-            and REGISTRY_KEY.fullmatch(user) is not None
-            and token_matches(self._instance_secret, user, password)
-        )
+    def _instance_generation(self, user: str, password: str) -> int | None:
+        """The generation of a valid per-VM credential, or None when this is not one."""
+        if self._instance_secret is None or REGISTRY_KEY.fullmatch(user) is None:
+            return None
+        return token_generation(self._instance_secret, user, password)
 
     def _is_admin(self, user: str, password: str) -> bool:
         presented_user, presented_password = user.encode(), password.encode()

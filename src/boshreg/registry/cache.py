@@ -33,7 +33,7 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from sqlalchemy import Engine
 
@@ -193,21 +193,32 @@ class _DataVersion:
             self._conn.close()
 
 
+class Answer(NamedTuple):
+    """A cached read: the encoded 200 body and the credential generation read with it."""
+
+    body: bytes
+    generation: int
+
+
 class ResponseCache:
-    """Encoded answers by instance id: bounded in bytes, least recently used out first, dropped on change."""
+    """Encoded answers by instance id: bounded in bytes, least recently used out first, dropped on change.
+
+    Each answer keeps the instance's credential generation read with it: a revocation is a write, so it
+    reaches the cache by the same bounds as a change of the settings.
+    """
 
     def __init__(self, watch: ChangeWatch, *, max_bytes: int, max_seconds: float | None) -> None:
         self.watch = watch
         self.max_bytes = max_bytes
         self.max_seconds = max_seconds
-        self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        self._entries: OrderedDict[str, tuple[Answer, float]] = OrderedDict()
         self._bytes = 0
         self._seen = watch.version()
         self._writes = 0  # this process's own writes: a read that began before one must not be kept
         self.hits = 0
         self.misses = 0
 
-    def get(self, instance_id: str) -> bytes | None:
+    def get(self, instance_id: str) -> Answer | None:
         """The cached answer, or None when there is none or it may be stale."""
         version = self.watch.version()
         if version != self._seen:
@@ -227,28 +238,28 @@ class ResponseCache:
         """Taken before a database read: ``put`` keeps the answer only if nothing was written since."""
         return (self.watch.version(), self._writes)
 
-    def put(self, instance_id: str, body: bytes, version: tuple[int, int], read_at: float) -> None:
+    def put(self, instance_id: str, answer: Answer, version: tuple[int, int], read_at: float) -> None:
         """Keep an answer read from the database at ``read_at`` (monotonic) while ``version`` held."""
-        if len(body) > ENTRY_MAX_BYTES or version != self.version() or version[0] != self._seen:
+        if len(answer.body) > ENTRY_MAX_BYTES or version != self.version() or version[0] != self._seen:
             return
         old = self._entries.pop(instance_id, None)
         if old is not None:
-            self._bytes -= len(old[0])
+            self._bytes -= len(old[0].body)
         # Spread over the second half of the allowed life: answers read together must not expire together
         # (a whole cache refilled at once from PostgreSQL stalled every request behind it).
         expires = read_at + self.max_seconds * (0.5 + random.random() / 2) if self.max_seconds is not None else 0.0
-        self._entries[instance_id] = (body, expires)
-        self._bytes += len(body)
+        self._entries[instance_id] = (answer, expires)
+        self._bytes += len(answer.body)
         while self._bytes > self.max_bytes and self._entries:
             _, (dropped, _) = self._entries.popitem(last=False)
-            self._bytes -= len(dropped)
+            self._bytes -= len(dropped.body)
 
     def forget(self, instance_id: str) -> None:
         """This process is writing ``instance_id``: drop its answer here and tell the other processes."""
         self._writes += 1
         old = self._entries.pop(instance_id, None)
         if old is not None:
-            self._bytes -= len(old[0])
+            self._bytes -= len(old[0].body)
         self.watch.changed_here()
 
     def clear(self) -> None:

@@ -57,9 +57,14 @@ OPENAPI: dict[str, Any] = {
             "Settings": {"type": "object", "required": ["status", "settings"],
                          "properties": {"status": {"const": "ok"}, "settings": {
                              "type": "string", "description": "The stored settings JSON text, as stored"}}},
-            "Credentials": {"type": "object", "required": ["status", "user", "password"],
+            "Credentials": {"type": "object", "required": ["status", "user", "password", "generation"],
                             "properties": {"status": {"const": "ok"}, "user": {"type": "string"},
-                                           "password": {"type": "string"}}},
+                                           "password": {"type": "string"},
+                                           "generation": {"type": "integer", "minimum": 0}}},
+            "Revoked": {"type": "object", "required": ["status", "user", "generation"],
+                        "properties": {"status": {"const": "ok"}, "user": {"type": "string"},
+                                       "generation": {"type": "integer", "minimum": 1,
+                                                      "description": "The generation of the credential now issued"}}},
             "Error": {"type": "object", "required": ["status"],
                       "properties": {"status": {"enum": ["error", "not_found", "access_denied"]},
                                      "error": {"type": "string"}}},
@@ -98,8 +103,13 @@ OPENAPI: dict[str, Any] = {
         "/instances/{instance_id}/credentials": {
             "parameters": [_CREDENTIAL_ID],
             "post": {
-                "summary": "The VM's read credential (admin)",
+                "summary": "The VM's read credential, of its current generation (admin)",
                 "responses": {"200": {"description": "The credential", **_body("Credentials")}, **_COMMON,
+                              "404": _error("Per-VM credentials are off")},
+            },
+            "delete": {
+                "summary": "Revoke the VM's read credential: the next generation is issued from now on (admin)",
+                "responses": {"200": {"description": "Revoked", **_body("Revoked")}, **_COMMON,
                               "404": _error("Per-VM credentials are off")},
             },
         },

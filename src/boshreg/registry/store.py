@@ -13,8 +13,10 @@ import fcntl
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TypeVar
 
 import anyio
@@ -29,7 +31,7 @@ from boshreg.bootstrap.endpoint import redact_url
 from boshreg.errors import BoshregError
 from boshreg.registry.cache import CHANNEL
 from boshreg.registry.group_commit import GroupCommit
-from boshreg.registry.tables import metadata, registry_events, registry_instances
+from boshreg.registry.tables import metadata, registry_credentials, registry_events, registry_instances
 
 log = logging.getLogger(__name__)
 _SQL_LOG = logging.getLogger("sqlalchemy.engine.Engine")  # each statement, at loglevel: debug
@@ -39,6 +41,11 @@ _NOTIFY = text("SELECT pg_notify(:channel, :instance_id)")
 _GET_SETTINGS = select(registry_instances.c.settings).where(
     registry_instances.c.instance_id == bindparam("instance_id")
 )
+_GET_GENERATION = select(registry_credentials.c.generation).where(
+    registry_credentials.c.instance_id == bindparam("instance_id")
+)
+# A read answers both in one round trip: a per-VM credential is good only for the current generation.
+_READ = select(_GET_SETTINGS.scalar_subquery(), _GET_GENERATION.scalar_subquery())
 T = TypeVar("T")
 
 
@@ -56,6 +63,21 @@ class SettingsRejected(StoreError):
     def __init__(self, message: str, *, too_large: bool = False) -> None:
         super().__init__(message)
         self.too_large = too_large
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What a read finds: the settings text (None when none are stored) and the credential generation."""
+
+    settings: str | None
+    generation: int = 0
+
+
+def _stored(row: Sequence[object] | None) -> Stored:
+    if row is None:
+        return Stored(None)
+    settings, generation = row[0], row[1]
+    return Stored(None if settings is None else str(settings), int(str(generation)) if generation else 0)
 
 
 class SqliteWriters:
@@ -122,7 +144,9 @@ class SettingsStore:
             SqliteWriters(engine.url.database) if engine.dialect.name == "sqlite" else contextlib.nullcontext()
         )
         self._commits = GroupCommit(engine, self.writer)  # one commit (one disk flush) for writes that queued
-        self._get_sql = str(_GET_SETTINGS.compile(dialect=engine.dialect))
+        compiled = _READ.compile(dialect=engine.dialect)
+        self._read_sql = str(compiled)
+        self._read_arity = len(compiled.positiontup or ())  # positional drivers get the id once per mention
         # Reads on the loop take turns for the async pool's connections here, first come first served: the
         # pool's own queue lets a newcomer take a connection a waiter was woken for, and some waited seconds.
         self._read_turns = anyio.CapacityLimiter(pool_size(async_engine.sync_engine) if async_engine else 1)
@@ -164,23 +188,30 @@ class SettingsStore:
 
     def get(self, instance_id: str) -> str | None:
         """The stored settings text, exactly as it was written, or None."""
+        return self.read(instance_id).settings
 
-        def read() -> str | None:
+    def read(self, instance_id: str) -> Stored:
+        """The stored settings and the instance's credential generation, in one statement."""
+
+        def read() -> Stored:
             with self.engine.connect() as conn:
-                value: str | None = conn.execute(_GET_SETTINGS, {"instance_id": instance_id}).scalar_one_or_none()
-            return value
+                return _stored(conn.execute(_READ, {"instance_id": instance_id}).first())
 
         return self._run(read)
 
-    def get_inline(self, instance_id: str) -> str | None:
-        """``get`` for the event loop's own thread, where ``reads_inline``.
+    def generation(self, instance_id: str) -> int:
+        """The generation of the instance's current per-VM credential (0 until one is revoked)."""
+        return self.read(instance_id).generation
+
+    def get_inline(self, instance_id: str) -> Stored:
+        """``read`` for the event loop's own thread, where ``reads_inline``.
 
         It keeps one connection for that thread and sends the statement (the same one, compiled once)
         straight to the driver: SQLAlchemy's per-call work was a third of a GET's time. At loglevel
-        debug, where each statement is logged, it reads through ``get``.
+        debug, where each statement is logged, it reads through ``read``.
         """
         if _SQL_LOG.isEnabledFor(logging.INFO):
-            return self.get(instance_id)
+            return self.read(instance_id)
         self.ensure_schema()
         with self._translate_errors():
             if self._inline is None:
@@ -188,17 +219,17 @@ class SettingsStore:
         try:
             cursor = self._inline.cursor()
             try:
-                cursor.execute(self._get_sql, (instance_id,))
+                cursor.execute(self._read_sql, (instance_id,) * self._read_arity)
                 row = cursor.fetchone()
             finally:
                 cursor.close()  # ends the read transaction, so the next read sees the latest writes
         except self.engine.dialect.loaded_dbapi.Error as exc:
             self._close_inline()  # the next read opens a fresh connection
             raise StoreUnavailable(f"database unavailable ({self.database}): {exc}") from None
-        return None if row is None else str(row[0])
+        return _stored(row)
 
-    async def get_async(self, instance_id: str) -> str | None:
-        """``get`` on the event loop, where ``reads_async``: the same statement, the same retry once.
+    async def get_async(self, instance_id: str) -> Stored:
+        """``read`` on the event loop, where ``reads_async``: the same statement, the same retry once.
 
         The statement goes as compiled once (both engines speak psycopg's paramstyle); SQLAlchemy still
         wraps the driver's errors and discards a dead connection.
@@ -213,11 +244,11 @@ class SettingsStore:
                     raise
             return await self._read_async(instance_id)
 
-    async def _read_async(self, instance_id: str) -> str | None:
+    async def _read_async(self, instance_id: str) -> Stored:
         assert self.async_engine is not None
         async with self._read_turns, self.async_engine.connect() as conn:
-            row = (await conn.exec_driver_sql(self._get_sql, {"instance_id": instance_id})).first()
-        return None if row is None else str(row[0])
+            row = (await conn.exec_driver_sql(self._read_sql, {"instance_id": instance_id})).first()
+        return _stored(row)
 
     def put(self, instance_id: str, settings: str) -> None:
         """Create or replace the settings of one instance, committed before returning."""
@@ -238,14 +269,47 @@ class SettingsStore:
         self._run(lambda: self._commits.run(write))
 
     def delete(self, instance_id: str) -> bool:
-        """Remove one instance's settings; False when there were none."""
+        """Remove one instance's settings and revoke its per-VM credential; False when there were none.
+
+        A VM re-created under the same key gets a credential of the next generation: the old one, wherever
+        its user data was copied to, reads nothing.
+        """
         statement = delete(registry_instances).where(registry_instances.c.instance_id == instance_id)
 
         def remove(conn: Connection) -> bool:
             self._notify(conn, instance_id)
+            self._next_generation(conn, instance_id)
             return bool(conn.execute(statement).rowcount)
 
         return self._run(lambda: self._commits.run(remove))
+
+    def revoke(self, instance_id: str) -> int:
+        """Make the instance's current per-VM credential stop working; the new generation."""
+
+        def bump(conn: Connection) -> int:
+            self._notify(conn, instance_id)
+            return self._next_generation(conn, instance_id)
+
+        return self._run(lambda: self._commits.run(bump))
+
+    def _next_generation(self, conn: Connection, instance_id: str) -> int:
+        values = {"instance_id": instance_id, "generation": 1, "changed_at": datetime.now(UTC)}
+        raised = registry_credentials.c.generation + 1
+        dialect = conn.dialect.name
+        if dialect in ("mysql", "mariadb"):
+            mysql_insert = mysql.insert(registry_credentials).values(values)
+            upsert: Insert = mysql_insert.on_duplicate_key_update(
+                generation=raised, changed_at=mysql_insert.inserted.changed_at
+            )
+        else:
+            dialect_insert = (postgresql if dialect == "postgresql" else sqlite).insert(registry_credentials)
+            lite_or_pg = dialect_insert.values(values)
+            upsert = lite_or_pg.on_conflict_do_update(
+                index_elements=[registry_credentials.c.instance_id],
+                set_={"generation": raised, "changed_at": lite_or_pg.excluded.changed_at},
+            )
+        conn.execute(upsert)
+        return int(conn.execute(_GET_GENERATION, {"instance_id": instance_id}).scalar_one())
 
     def _notify(self, conn: Connection, instance_id: str) -> None:
         """On PostgreSQL: tell every registry's read cache, at this transaction's commit (``cache``)."""

@@ -1,4 +1,5 @@
-"""The registry's tables: the original's ``registry_instances``, exactly, and our ``registry_events``.
+"""The registry's tables: the original's ``registry_instances``, exactly, and our ``registry_events`` and
+``registry_credentials``.
 
 The original ignores tables it does not know, so the audit trail can live in the same database.
 """
@@ -10,17 +11,14 @@ from sqlalchemy.dialects import mysql
 
 metadata = MetaData()
 
+# Binary collation on MySQL: instance ids are case-sensitive everywhere else.
+_INSTANCE_ID = String(255).with_variant(mysql.VARCHAR(255, collation="utf8mb4_bin"), "mysql", "mariadb")
+
 registry_instances = Table(
     "registry_instances",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    # Binary collation on MySQL: instance ids are case-sensitive everywhere else.
-    Column(
-        "instance_id",
-        String(255).with_variant(mysql.VARCHAR(255, collation="utf8mb4_bin"), "mysql", "mariadb"),
-        nullable=False,
-        unique=True,
-    ),
+    Column("instance_id", _INSTANCE_ID, nullable=False, unique=True),
     # LONGTEXT on MySQL for tables we create: TEXT stops at 64 KiB, below our body limit.
     Column("settings", Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb"), nullable=False),
 )
@@ -30,7 +28,7 @@ registry_events = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("at", DateTime(timezone=True), nullable=False),
-    Column("action", String(16), nullable=False),  # read, write, delete, credentials
+    Column("action", String(16), nullable=False),  # read, write, delete, credentials, revoke, events
     Column("instance_id", String(255), nullable=False),
     Column("client", String(64), nullable=False),
     Column("credential", String(16), nullable=False),  # admin, per-vm, anonymous, refused
@@ -39,4 +37,14 @@ registry_events = Table(
     Column("count", Integer, nullable=True),  # refused requests aggregated into this event (NULL: one)
     Index("registry_events_instance_at", "instance_id", "at"),
     Index("registry_events_at", "at"),
+)
+
+# The generation of each instance's per-VM credential, where it is not 0: raised by deleting the
+# instance's settings or by revoking its credential, in the same transaction as the write.
+registry_credentials = Table(
+    "registry_credentials",
+    metadata,
+    Column("instance_id", _INSTANCE_ID, primary_key=True),
+    Column("generation", Integer, nullable=False),
+    Column("changed_at", DateTime(timezone=True), nullable=False),
 )
