@@ -4,21 +4,39 @@ from __future__ import annotations
 
 import pytest
 
-from boshreg.registry.access import ACTIONS, CREDENTIALS, DELETE, EVENTS, READ, REVOKE, WRITE, Decision, decide
+from boshreg.registry.access import (
+    ACTIONS,
+    CREDENTIALS,
+    DELETE,
+    EVENTS,
+    FLEET,
+    READ,
+    REVOKE,
+    WRITE,
+    Decision,
+    decide,
+)
 from boshreg.registry.auth import Caller
 
 ALLOW, CHECK, E401, E403 = Decision.ALLOW, Decision.CHECK_ADDRESS, Decision.UNAUTHENTICATED, Decision.FORBIDDEN
 
 # caller, user, anonymous reads, cloud:
-#   GET own, GET another VM's, PUT, DELETE, POST credentials, DELETE credentials, GET events
+#   GET own, GET another VM's, PUT, DELETE, POST credentials, DELETE credentials, GET events, GET fleet
 TABLE = [
-    ("admin", Caller.ADMIN, "admin", False, False, (ALLOW, ALLOW, ALLOW, ALLOW, ALLOW, ALLOW, ALLOW)),
-    ("additional user", Caller.ADMIN, "director", False, False, (ALLOW, ALLOW, ALLOW, ALLOW, ALLOW, ALLOW, ALLOW)),
-    ("per-VM credential", Caller.INSTANCE, "vm-1", False, False, (ALLOW, E403, E403, E403, E403, E403, E403)),
-    ("none, with a cloud", Caller.ANONYMOUS, None, False, True, (CHECK, CHECK, E401, E401, E401, E401, E401)),
-    ("none, anonymous reads", Caller.ANONYMOUS, None, True, False, (ALLOW, ALLOW, E401, E401, E401, E401, E401)),
-    ("none, otherwise", Caller.ANONYMOUS, None, False, False, (E401, E401, E401, E401, E401, E401, E401)),
-    ("wrong credentials", Caller.REFUSED, "admin", True, True, (E401, E401, E401, E401, E401, E401, E401)),
+    ("admin", Caller.ADMIN, "admin", False, False, (ALLOW, ALLOW, ALLOW, ALLOW, ALLOW, ALLOW, ALLOW, ALLOW)),
+    (
+        "additional user",
+        Caller.ADMIN,
+        "director",
+        False,
+        False,
+        (ALLOW, ALLOW, ALLOW, ALLOW, ALLOW, ALLOW, ALLOW, ALLOW),
+    ),
+    ("per-VM credential", Caller.INSTANCE, "vm-1", False, False, (ALLOW, E403, E403, E403, E403, E403, E403, E403)),
+    ("none, with a cloud", Caller.ANONYMOUS, None, False, True, (CHECK, CHECK, E401, E401, E401, E401, E401, E401)),
+    ("none, anonymous reads", Caller.ANONYMOUS, None, True, False, (ALLOW, ALLOW, E401, E401, E401, E401, E401, E401)),
+    ("none, otherwise", Caller.ANONYMOUS, None, False, False, (E401, E401, E401, E401, E401, E401, E401, E401)),
+    ("wrong credentials", Caller.REFUSED, "admin", True, True, (E401, E401, E401, E401, E401, E401, E401, E401)),
 ]
 
 
@@ -41,6 +59,7 @@ def test_each_row_of_the_security_table(
         (CREDENTIALS, "vm-1"),
         (REVOKE, "vm-1"),
         (EVENTS, "vm-1"),
+        (FLEET, ""),
     ]
     decided = tuple(
         decide(caller, user, action, key, anonymous_reads=anonymous_reads, address_check=cloud).decision

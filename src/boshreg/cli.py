@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import tempfile
@@ -34,6 +35,7 @@ from boshreg.cpi.inspect import inspect_request
 from boshreg.cpi.mode import CPIS, read_manifest, registry_mode
 from boshreg.doctor import diagnose, load_manifest
 from boshreg.errors import BoshregError
+from boshreg.fleet_view import COLOURS, aligned, fleet_from_database, fleet_from_endpoint, table_lines
 from boshreg.logs import setup_logging
 from boshreg.registry.audit import parse_since, query_events
 from boshreg.registry.auth import hash_password
@@ -47,9 +49,9 @@ from boshreg.registry.datadir import (
     zero_config,
     zero_config_for_reading,
 )
-from boshreg.registry.engine import build_engine
+from boshreg.registry.fleet import AGENT_WAIT_SECONDS, MAX_AGENT_WAIT, State
+from boshreg.registry.reading import read_database
 from boshreg.registry.server import bind, open_store, serve, startup_message
-from boshreg.registry.store import SettingsStore
 from boshreg.testcloud.boot import boot
 from boshreg.testcloud.configdrive import drive_files, write_iso
 from boshreg.testcloud.drill import ADDRESS_CHECK, DEFAULT_AGENT_DEADLINE, DRIVE_FAULTS, MODES, drill
@@ -195,6 +197,12 @@ endpoint_option = click.option(
     help="Registry URL with credentials, http://USER:PASSWORD@HOST:PORT. Default: the local zero-config "
     "registry of --data-dir. [env: BOSHREG_ENDPOINT]",
 )
+ask_registry_option = click.option(
+    "--endpoint",
+    "endpoint_url",
+    envvar="BOSHREG_ENDPOINT",
+    help="Ask a running registry (admin credentials) instead of reading its database. [env: BOSHREG_ENDPOINT]",
+)
 timeout_option = click.option(
     "--deadline",
     "timeout",
@@ -224,13 +232,11 @@ def events_command(
       boshreg events --instance vm-3f1c --since 1h
       boshreg events --config registry.yml --json
     """
-    config = load_config(config_file) if config_file is not None else zero_config_for_reading(data_dir)
-    store = SettingsStore(build_engine(config.db))
-    try:
-        store.ensure_schema()
-        found = query_events(store.engine, instance_id=instance_id, since=parse_since(since), limit=limit)
-    finally:
-        store.close()
+    config, where = _registry_database(config_file, data_dir)
+    after = parse_since(since)
+    found = read_database(
+        config, where, lambda engine: query_events(engine, instance_id=instance_id, since=after, limit=limit)
+    )
     if as_json:
         _print_json([event.to_json() for event in found])
         return
@@ -244,12 +250,7 @@ def events_command(
 @click.argument("instance")
 @config_file_option
 @data_dir_option
-@click.option(
-    "--endpoint",
-    "endpoint_url",
-    envvar="BOSHREG_ENDPOINT",
-    help="Ask a running registry (admin credentials) instead of reading its database. [env: BOSHREG_ENDPOINT]",
-)
+@ask_registry_option
 @click.option(
     "--user-data",
     "user_data_file",
@@ -296,8 +297,7 @@ def why_command(
         endpoint = parse_endpoint(endpoint_url, key="--endpoint")
         registry = registry_side_from_endpoint(endpoint, instance, timeout=timeout, cacert=cacert)
     else:
-        config = load_config(config_file) if config_file is not None else zero_config_for_reading(data_dir)
-        where = str(config_file) if config_file is not None else f"database in {data_dir}"
+        config, where = _registry_database(config_file, data_dir)
         registry = registry_side_from_database(config, instance, where)
     vm = None
     if user_data_file is not None:
@@ -332,6 +332,76 @@ def why_command(
     else:
         click.echo(diagnosis.to_text())
     ctx.exit(0 if diagnosis.code == READ_OK else 1)
+
+
+@cli.command("fleet")
+@config_file_option
+@data_dir_option
+@ask_registry_option
+@click.option(
+    "--state",
+    "states",
+    type=click.Choice([state.value for state in State]),
+    multiple=True,
+    help="Only instances in this state (repeatable).",
+)
+@click.option(
+    "--agent-wait",
+    type=click.FloatRange(1, MAX_AGENT_WAIT),
+    default=AGENT_WAIT_SECONDS,
+    show_default=True,
+    help="Seconds a stored, never-read instance is waiting before it counts as never read (the director's "
+    "wait for the agent).",
+)
+@cacert_option
+@timeout_option
+@json_option
+def fleet_command(
+    config_file: Path | None,
+    data_dir: Path,
+    endpoint_url: str | None,
+    states: tuple[str, ...],
+    agent_wait: float,
+    cacert: str | None,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Every stored instance at a glance: when stored, last read from where and how, and its state.
+
+    States: waiting (stored, never read, younger than --agent-wait), never-read (older: about to time
+    out, or has), ok (last read succeeded), failing (last read refused; CAUSE says how).
+
+    \b
+    Examples:
+      boshreg fleet                                   # the local zero-config registry's database
+      boshreg fleet --state never-read --state failing
+      boshreg fleet --endpoint http://admin:PASSWORD@10.0.0.5:25777 --json
+    """
+    if endpoint_url:
+        endpoint = parse_endpoint(endpoint_url, key="--endpoint")
+        rows = fleet_from_endpoint(endpoint, agent_wait, timeout=timeout, cacert=cacert)
+    else:
+        config, where = _registry_database(config_file, data_dir)
+        rows = fleet_from_database(config, where, agent_wait)
+    if states:
+        rows = [row for row in rows if row.get("state") in states]
+    if as_json:
+        _print_json(rows)
+        return
+    if not rows:
+        click.echo("no instances" + (f" in state {', '.join(states)}" if states else ""), err=True)
+        return
+    colour = _colour_on_stdout()
+    for cells, widths in aligned(table_lines(rows)):
+        shown = [cell.ljust(width) for cell, width in zip(cells, widths, strict=True)]
+        if colour and cells[1] in COLOURS:
+            shown[1] = click.style(shown[1], fg=COLOURS[cells[1]])
+        click.echo("  ".join(shown).rstrip(), color=colour)
+
+
+def _colour_on_stdout() -> bool:
+    """Colour for a person at a terminal; none when piped, or with NO_COLOR set (no-color.org)."""
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 
 
 @cli.command("hash-password")
@@ -993,6 +1063,13 @@ def _terminated_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _registry_database(config_file: Path | None, data_dir: Path) -> tuple[RegistryConfig, str]:
+    """The config of the registry whose database a command reads, and how to name it in errors."""
+    if config_file is not None:
+        return load_config(config_file), str(config_file)
+    return zero_config_for_reading(data_dir), f"database in {data_dir}"
 
 
 def _print_json(document: object) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import ssl
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -92,6 +93,14 @@ class RegistryClient:
             raise RegistryClientError(f"unexpected answer from {where}: no events list in the body")
         return [event for event in events if isinstance(event, dict)]
 
+    def fleet(self, agent_wait: float) -> list[dict[str, Any]]:
+        """Every stored instance with its state (admin credentials needed); see ``registry.fleet``."""
+        body = self._request("GET", f"/fleet?agent_wait={agent_wait:g}")
+        instances = body.get("instances")
+        if not isinstance(instances, list):
+            raise RegistryClientError(f"unexpected answer from {self.endpoint.redacted()}/fleet: no instances list")
+        return [entry for entry in instances if isinstance(entry, dict)]
+
     def delete_settings(self, instance_id: str) -> None:
         """Remove the settings of ``instance_id`` (no error when there were none)."""
         self._call("DELETE", instance_id)
@@ -99,8 +108,12 @@ class RegistryClient:
     def _call(
         self, method: str, instance_id: str, content: bytes | None = None, path: str = "settings"
     ) -> dict[str, Any]:
-        url = self.endpoint.settings_url(instance_id).removesuffix("/settings") + f"/{path}"
-        where = self.endpoint.settings_url(instance_id, redacted=True).removesuffix("/settings") + f"/{path}"
+        instance_path = f"/instances/{quote(instance_id, safe='')}/{path}"
+        return self._request(method, instance_path, content)
+
+    def _request(self, method: str, path: str, content: bytes | None = None) -> dict[str, Any]:
+        url = self.endpoint.base_url + path
+        where = self.endpoint.redacted() + path
         headers = {"Content-Type": "application/json"} if content is not None else None
         try:
             response = self._http.request(method, url, content=content, headers=headers)

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from sqlalchemy import Engine
+
 from boshreg.bootstrap import userdata
 from boshreg.bootstrap.endpoint import Endpoint, redact_url
 from boshreg.bootstrap.verdict import Verdict, Word, boot_problems, nova_readings, predict
@@ -23,8 +25,8 @@ from boshreg.client import RegistryClient, RegistryClientError
 from boshreg.errors import BoshregError
 from boshreg.registry.audit import Event, query_events
 from boshreg.registry.config import RegistryConfig
-from boshreg.registry.engine import build_engine
-from boshreg.registry.store import SettingsStore, StoreUnavailable
+from boshreg.registry.reading import read_database
+from boshreg.registry.store import SettingsStore
 
 READ = "read"
 WRITE = "write"
@@ -270,18 +272,13 @@ def _ago(at: datetime, now: datetime) -> str:
 
 def registry_side_from_database(config: RegistryConfig, instance: str, where: str) -> RegistrySide:
     """Stored or not, and the audit trail, read straight from the registry's database."""
-    store = SettingsStore(build_engine(config.db))
-    try:
-        store.ensure_schema()
-        stored = store.get(instance) is not None
-        events = query_events(store.engine, instance_id=instance, limit=EVENTS_LOOKED_AT)
-    except StoreUnavailable as exc:
-        raise WhyError(
-            f"cannot read the registry's database ({where}): {exc}", "start the database, or give --endpoint"
-        ) from None
-    finally:
-        store.close()
-    return RegistrySide(instance, stored, tuple(events), where)
+
+    def read(engine: Engine) -> RegistrySide:
+        stored = SettingsStore(engine).get(instance) is not None
+        events = query_events(engine, instance_id=instance, limit=EVENTS_LOOKED_AT)
+        return RegistrySide(instance, stored, tuple(events), where)
+
+    return read_database(config, where, read)
 
 
 def registry_side_from_endpoint(

@@ -18,7 +18,8 @@ DELETE = "delete"
 CREDENTIALS = "credentials"
 REVOKE = "revoke"
 EVENTS = "events"
-ACTIONS = (READ, WRITE, DELETE, CREDENTIALS, REVOKE, EVENTS)
+FLEET = "fleet"  # every instance's state: not about one instance, admin only
+ACTIONS = (READ, WRITE, DELETE, CREDENTIALS, REVOKE, EVENTS, FLEET)
 
 
 class Decision(enum.Enum):

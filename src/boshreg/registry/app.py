@@ -11,6 +11,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -37,6 +38,7 @@ from boshreg.registry.cache import (
     SharedMarker,
 )
 from boshreg.registry.config import RegistryConfig
+from boshreg.registry.fleet import AGENT_WAIT_SECONDS, MAX_AGENT_WAIT, query_fleet
 from boshreg.registry.iaas import (
     IaasUnavailable,
     InstanceAmbiguous,
@@ -175,6 +177,33 @@ class RegistryApi:
         self._record(request, raw_id, identity, response, action="events")
         return response
 
+    async def fleet(self, request: Request) -> Response:
+        """GET /fleet: every stored instance and its state (admin only; ``boshreg fleet``, the dashboard)."""
+        _identity, refusal = await self._authorize(request, "", "fleet")
+        if refusal is not None:
+            return refusal
+        wait_text = request.query_params.get("agent_wait", str(AGENT_WAIT_SECONDS))
+        try:
+            agent_wait = float(wait_text)
+        except ValueError:
+            agent_wait = -1.0
+        if not 0 < agent_wait <= MAX_AGENT_WAIT:
+            return error(400, "error", f"agent_wait must be a number of seconds above 0, at most {MAX_AGENT_WAIT}")
+        now = datetime.now(UTC)
+        try:
+            entries = await self._run(lambda: query_fleet(self.store.engine, now=now, agent_wait=agent_wait))
+        except (StoreUnavailable, sa_exc.SQLAlchemyError) as exc:
+            log.warning("fleet: %s", type(exc).__name__)
+            return error(503, "error", "the fleet table cannot be read now", **{"Retry-After": "1"})
+        return JSONResponse(
+            {
+                "status": "ok",
+                "now": now.isoformat(),
+                "agent_wait": agent_wait,
+                "instances": [entry.to_json() for entry in entries],
+            }
+        )
+
     async def _events(self, request: Request, raw_id: str) -> Response:
         limit_text = request.query_params.get("limit", str(EVENTS_DEFAULT))
         if not limit_text.isdigit() or not 1 <= int(limit_text) <= EVENTS_MAX:
@@ -195,7 +224,9 @@ class RegistryApi:
         try:
             instance_id = check_instance_id(raw_id)
             if request.method == "PUT":
-                settings = check_settings(await self._read_body(request))
+                body = await self._read_body(request)
+                request.state.settings_bytes = len(body)  # for the fleet table, through the audit trail
+                settings = check_settings(body)
                 try:
                     await self._run(self.store.put, instance_id, settings)
                 finally:  # also when the answer is 503: a write that timed out here may still commit
@@ -360,6 +391,7 @@ class RegistryApi:
             identity.caller.value,
             status,
             "revoked" if revoked else _OUTCOMES.get(status, "error"),
+            size=getattr(request.state, "settings_bytes", None),
         )
 
     async def healthz(self, _request: Request) -> Response:
@@ -468,6 +500,7 @@ def asgi_app(api: RegistryApi) -> Callable[..., Awaitable[None]]:
         Route("/instances/{instance_id}/settings", api.settings, methods=["GET", "PUT", "DELETE"]),
         Route("/instances/{instance_id}/credentials", api.credentials, methods=["POST", "DELETE"]),
         Route("/instances/{instance_id}/events", api.events, methods=["GET"]),
+        Route("/fleet", api.fleet, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/readyz", api.readyz, methods=["GET"]),
         Route("/openapi.json", _openapi, methods=["GET"]),

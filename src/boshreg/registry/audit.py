@@ -30,6 +30,7 @@ from sqlalchemy import Engine, delete, func, insert, select
 from sqlalchemy import exc as sa_exc
 
 from boshreg.errors import BoshregError
+from boshreg.registry.fleet import apply_changes, changes_of
 from boshreg.registry.tables import registry_events
 
 log = logging.getLogger(__name__)
@@ -53,9 +54,15 @@ class Event:
     status: int
     outcome: str
     count: int = 1  # refused requests aggregated into this event
+    size: int | None = None  # for the fleet table, not the trail: a write's settings bytes
+    last_at: datetime | None = None  # for the fleet table: the last of the reads counted in this event
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.__dict__, "at": self.at.isoformat()}
+        return {**self.row(), "at": self.at.isoformat()}
+
+    def row(self) -> dict[str, Any]:
+        """The event as a ``registry_events`` row."""
+        return {name: getattr(self, name) for name in _COLUMNS}
 
     def to_text(self) -> str:
         """One line, safe for a terminal: every control character shown escaped."""
@@ -112,14 +119,26 @@ class AuditLog:
         self._thread.start()
         return self
 
-    def record(self, action: str, instance_id: str, client: str, credential: str, status: int, outcome: str) -> None:
+    def record(
+        self,
+        action: str,
+        instance_id: str,
+        client: str,
+        credential: str,
+        status: int,
+        outcome: str,
+        *,
+        size: int | None = None,
+    ) -> None:
         """Queue one event; never blocks, never raises. Refusals are counted, one event per window."""
         if status == 200 and action == "read":
             self.record_read(instance_id, client, credential)
             return
         if self._reads:
             self._close_reads()  # reads counted so far come before this event in the trail, as they happened
-        event = Event(datetime.now(UTC), action, escape_id(instance_id)[:255], client[:64], credential, status, outcome)
+        event = Event(
+            datetime.now(UTC), action, escape_id(instance_id)[:255], client[:64], credential, status, outcome, size=size
+        )
         if status in REFUSED_STATUSES:
             # The first refusal of a window is written at once (`why` sees it); the rest become one event.
             key = (event.client, action, event.instance_id, credential, str(status))
@@ -147,8 +166,11 @@ class AuditLog:
         """Move the counted reads to the queue, one event per (instance, client, credential)."""
         with self._reads_lock:
             reads, self._reads = self._reads, {}
+        now = datetime.now(UTC)  # the last of the counted reads was at most one flush ago
         for (instance_id, client, credential), (at, count) in reads.items():
-            self._enqueue(Event(at, "read", escape_id(instance_id)[:255], client[:64], credential, 200, "ok", count))
+            self._enqueue(
+                Event(at, "read", escape_id(instance_id)[:255], client[:64], credential, 200, "ok", count, last_at=now)
+            )
 
     def _enqueue(self, event: Event) -> None:
         if len(self._queue) >= QUEUE_MAX:
@@ -192,8 +214,10 @@ class AuditLog:
             self._dropped = 0
 
     def _write(self, batch: list[Event]) -> None:
+        """The events, and what the fleet table learns from them, in one transaction."""
         with self._writer, self.engine.begin() as conn:
-            conn.execute(insert(registry_events), [event.__dict__ for event in batch])
+            conn.execute(insert(registry_events), [event.row() for event in batch])
+            apply_changes(conn, changes_of(batch))
 
     def _write_one_by_one(self, batch: list[Event]) -> None:
         for event in batch:
@@ -278,6 +302,7 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
+_COLUMNS = tuple(column.name for column in registry_events.columns if column.name != "id")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 
 

@@ -12,6 +12,7 @@ from boshreg import __version__
 from boshreg.bootstrap.credentials import USER_NAME_SEPARATOR
 from boshreg.bootstrap.registry_key import REGISTRY_KEY
 from boshreg.registry.audit import EVENTS_DEFAULT, EVENTS_MAX
+from boshreg.registry.fleet import AGENT_WAIT_SECONDS, MAX_AGENT_WAIT, State
 
 _ID: dict[str, Any] = {
     "name": "instance_id",
@@ -35,6 +36,23 @@ def _error(description: str, **headers: dict[str, Any]) -> dict[str, Any]:
         answer["headers"] = headers
     return answer
 
+
+_TIME = {"type": ["string", "null"], "format": "date-time"}
+_FLEET_ENTRY = {
+    "type": "object",
+    "required": ["instance_id", "state", "cause", "reads", "refusals"],
+    "properties": {
+        "instance_id": {"type": "string"},
+        "state": {"enum": [state.value for state in State]},
+        "cause": {"type": "string", "description": "For failing: the last refusal's status and outcome"},
+        "stored_at": _TIME, "changed_at": _TIME, "size": {"type": ["integer", "null"]},
+        "reads": {"type": "integer"}, "first_read_at": _TIME, "last_read_at": _TIME,
+        "last_read_client": {"type": ["string", "null"]}, "last_read_credential": {"type": ["string", "null"]},
+        "refusals": {"type": "integer"}, "last_refusal_at": _TIME,
+        "last_refusal_status": {"type": ["integer", "null"]}, "last_refusal_outcome": {"type": ["string", "null"]},
+        "last_refusal_client": {"type": ["string", "null"]},
+    },
+}  # fmt: skip
 
 _REALM = {"WWW-Authenticate": {"schema": {"type": "string"}, "description": 'Basic realm="Bosh Registry"'}}
 _RETRY = {"Retry-After": {"schema": {"type": "string"}}}
@@ -68,6 +86,10 @@ OPENAPI: dict[str, Any] = {
             "Error": {"type": "object", "required": ["status"],
                       "properties": {"status": {"enum": ["error", "not_found", "access_denied"]},
                                      "error": {"type": "string"}}},
+            "Fleet": {"type": "object", "required": ["status", "now", "agent_wait", "instances"],
+                      "properties": {"status": {"const": "ok"}, "now": {"type": "string", "format": "date-time"},
+                                     "agent_wait": {"type": "number"},
+                                     "instances": {"type": "array", "items": _FLEET_ENTRY}}},
             "AgentSettings": {"type": "object", "description": "The agent settings: any JSON object"},
             "Events": {"type": "object", "required": ["status", "events"],
                        "properties": {"status": {"const": "ok"}, "events": {"type": "array", "items": {
@@ -120,6 +142,16 @@ OPENAPI: dict[str, Any] = {
             "get": {
                 "summary": "The instance's audit trail, newest first (admin): reads, writes and refusals",
                 "responses": {"200": {"description": "The events", **_body("Events")}, **_COMMON},
+            },
+        },
+        "/fleet": {
+            "parameters": [{"name": "agent_wait", "in": "query", "required": False,
+                            "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_AGENT_WAIT,
+                                       "default": AGENT_WAIT_SECONDS},
+                            "description": "Seconds a stored, never-read instance is 'waiting' before 'never-read'"}],
+            "get": {
+                "summary": "Every stored instance and its state (admin): waiting, never-read, ok, failing",
+                "responses": {"200": {"description": "The fleet", **_body("Fleet")}, **_COMMON},
             },
         },
         "/healthz": {"get": {"summary": "The process is up", "security": [{}],

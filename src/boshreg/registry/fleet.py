@@ -1,0 +1,254 @@
+"""What the registry knows of each stored instance, and the state an operator reads off it.
+
+The audit trail's writer keeps ``registry_fleet`` up to date from the events it writes, in the same
+transaction, so a request never waits for it. Every update is one that commutes (counts added, the
+earliest first read and the latest last read kept), so several workers and replicas writing their own
+batches to one database agree whatever order their batches land in. Rows are made by writes and by
+successful reads (only a stored instance can be read), never by a stranger's requests for made-up ids.
+
+States, as an operator reads them: ``waiting`` (stored, never read, younger than the director's wait for
+the agent), ``never-read`` (the same, older: the VM is about to time out or has), ``ok`` (its last read
+succeeded), ``failing`` (its last read was refused; the cause says how).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, Engine, delete, insert, literal, select, update
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.sql import ColumnElement, case
+from sqlalchemy.sql.dml import Insert
+
+from boshreg.bootstrap.registry_key import REGISTRY_KEY
+from boshreg.registry.tables import registry_fleet, registry_instances
+
+if TYPE_CHECKING:  # the trail imports this module to keep the table in its transaction
+    from boshreg.registry.audit import Event
+
+AGENT_WAIT_SECONDS = 600  # the director's wait for a new VM's agent ("Timed out pinging ... after 600 seconds")
+MAX_AGENT_WAIT = 86_400
+_F = registry_fleet.c
+
+
+class State(enum.Enum):
+    WAITING = "waiting"
+    NEVER_READ = "never-read"
+    OK = "ok"
+    FAILING = "failing"
+
+
+@dataclass
+class Change:
+    """One instance's events of one batch, merged: what its fleet row must learn."""
+
+    deleted: bool = False
+    first_written: datetime | None = None
+    last_written: datetime | None = None
+    size: int | None = None
+    reads: int = 0
+    first_read: datetime | None = None
+    last_read: datetime | None = None
+    read_client: str = ""
+    read_credential: str = ""
+    refusals: int = 0
+    last_refusal: datetime | None = None
+    refusal_status: int = 0
+    refusal_outcome: str = ""
+    refusal_client: str = ""
+
+
+def changes_of(events: Iterable[Event]) -> dict[str, Change]:
+    """Merge a batch of audit events (in the order they happened) into one change per instance."""
+    changes: dict[str, Change] = {}
+    for event in events:
+        if REGISTRY_KEY.fullmatch(event.instance_id) is None:
+            continue  # never stored: nothing to keep
+        change = changes.setdefault(event.instance_id, Change())
+        if event.action == "delete" and event.status == 200:
+            changes[event.instance_id] = Change(deleted=True)  # what came before is gone with the settings
+        elif event.action == "write" and event.status == 200:
+            change.first_written = change.first_written or event.at
+            change.last_written = event.at
+            change.size = event.size
+        elif event.action == "read" and event.status == 200:
+            last = event.last_at or event.at
+            change.reads += event.count
+            change.first_read = min(change.first_read or event.at, event.at)
+            if change.last_read is None or last >= change.last_read:
+                change.last_read, change.read_client, change.read_credential = last, event.client, event.credential
+        elif event.action == "read":
+            change.refusals += event.count
+            if change.last_refusal is None or event.at >= change.last_refusal:
+                change.last_refusal = event.at
+                change.refusal_status, change.refusal_outcome = event.status, event.outcome
+                change.refusal_client = event.client
+    return changes
+
+
+def apply_changes(conn: Connection, changes: dict[str, Change]) -> None:
+    """Write merged changes to ``registry_fleet`` inside the caller's transaction."""
+    for instance_id, change in changes.items():
+        if change.deleted:
+            conn.execute(delete(registry_fleet).where(_F.instance_id == instance_id))
+        if change.last_written is not None:
+            conn.execute(_upsert_written(conn, instance_id, change))
+        if change.reads or change.refusals:
+            conn.execute(_ensure_row(conn, instance_id))
+            conn.execute(
+                update(registry_fleet).where(_F.instance_id == instance_id).ordered_values(*_read_updates(change))
+            )
+
+
+def _upsert_written(conn: Connection, instance_id: str, change: Change) -> Insert:
+    assert change.first_written is not None
+    assert change.last_written is not None
+    newer = _later(_F.changed_at, change.last_written)
+    values = {
+        "instance_id": instance_id,
+        "stored_at": change.first_written,
+        "changed_at": change.last_written,
+        "size": change.size,
+        "reads": 0,
+        "refusals": 0,
+    }
+    # MySQL evaluates SET from left to right with the new values: size is decided before changed_at moves.
+    updates: list[tuple[Any, Any]] = [
+        (_F.size, case((newer, literal(change.size, _F.size.type)), else_=_F.size)),
+        (_F.changed_at, case((newer, literal(change.last_written, _F.changed_at.type)), else_=_F.changed_at)),
+        (_F.stored_at, case((_F.stored_at.is_(None), literal(change.first_written, _F.stored_at.type)),
+                            else_=_F.stored_at)),
+    ]  # fmt: skip
+    dialect = conn.dialect.name
+    if dialect in ("mysql", "mariadb"):
+        upsert: Insert = mysql.insert(registry_fleet).values(values).on_duplicate_key_update(updates)
+        return upsert
+    dialect_insert = (postgresql if dialect == "postgresql" else sqlite).insert(registry_fleet).values(values)
+    merged: Insert = dialect_insert.on_conflict_do_update(
+        index_elements=[_F.instance_id], set_={column.name: value for column, value in updates}
+    )
+    return merged
+
+
+def _ensure_row(conn: Connection, instance_id: str) -> Insert:
+    """A row for an instance that is stored (by us or by the original registry) and has none yet."""
+    stored = select(registry_instances.c.instance_id, literal(0), literal(0)).where(
+        registry_instances.c.instance_id == instance_id
+    )
+    columns = ["instance_id", "reads", "refusals"]
+    dialect = conn.dialect.name
+    if dialect in ("mysql", "mariadb"):
+        return insert(registry_fleet).prefix_with("IGNORE").from_select(columns, stored)
+    dialect_insert = (postgresql if dialect == "postgresql" else sqlite).insert(registry_fleet)
+    ignore: Insert = dialect_insert.from_select(columns, stored).on_conflict_do_nothing()
+    return ignore
+
+
+def _read_updates(change: Change) -> list[tuple[Any, Any]]:
+    """Commutative SET clauses for the reads and refusals, ordered for MySQL (who, then when)."""
+    updates: list[tuple[Any, Any]] = []
+    if change.reads:
+        assert change.first_read is not None
+        assert change.last_read is not None
+        newer = _later(_F.last_read_at, change.last_read, inclusive=True)
+        updates += [
+            (_F.last_read_client, case((newer, literal(change.read_client[:64])), else_=_F.last_read_client)),
+            (_F.last_read_credential, case((newer, literal(change.read_credential[:16])),
+                                           else_=_F.last_read_credential)),
+            (_F.first_read_at, case((_F.first_read_at.is_(None) | (_F.first_read_at > change.first_read),
+                                     literal(change.first_read, _F.first_read_at.type)), else_=_F.first_read_at)),
+            (_F.last_read_at, case((newer, literal(change.last_read, _F.last_read_at.type)), else_=_F.last_read_at)),
+            (_F.reads, _F.reads + change.reads),
+        ]  # fmt: skip
+    if change.refusals:
+        assert change.last_refusal is not None
+        newer = _later(_F.last_refusal_at, change.last_refusal, inclusive=True)
+        updates += [
+            (_F.last_refusal_status, case((newer, literal(change.refusal_status)), else_=_F.last_refusal_status)),
+            (_F.last_refusal_outcome, case((newer, literal(change.refusal_outcome[:32])),
+                                           else_=_F.last_refusal_outcome)),
+            (_F.last_refusal_client, case((newer, literal(change.refusal_client[:64])),
+                                          else_=_F.last_refusal_client)),
+            (_F.last_refusal_at, case((newer, literal(change.last_refusal, _F.last_refusal_at.type)),
+                                      else_=_F.last_refusal_at)),
+            (_F.refusals, _F.refusals + change.refusals),
+        ]  # fmt: skip
+    return updates
+
+
+def _later(column: Any, when: datetime, *, inclusive: bool = False) -> ColumnElement[bool]:
+    """The stored time is missing or older than ``when``."""
+    return column.is_(None) | ((column <= when) if inclusive else (column < when))  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class FleetEntry:
+    """One stored instance as the fleet view shows it."""
+
+    instance_id: str
+    stored_at: datetime | None
+    changed_at: datetime | None
+    size: int | None
+    reads: int
+    first_read_at: datetime | None
+    last_read_at: datetime | None
+    last_read_client: str | None
+    last_read_credential: str | None
+    refusals: int
+    last_refusal_at: datetime | None
+    last_refusal_status: int | None
+    last_refusal_outcome: str | None
+    last_refusal_client: str | None
+    state: State
+    cause: str  # for failing: the last refusal, e.g. "401 revoked"; else ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            name: (value.isoformat() if isinstance(value, datetime) else value.value if isinstance(value, State)
+                   else value)
+            for name, value in self.__dict__.items()
+        }  # fmt: skip
+
+
+def classify(row: dict[str, Any], now: datetime, agent_wait: float) -> tuple[State, str]:
+    """The state of one instance's row (times aware, UTC) and, when failing, the cause."""
+    last_read, last_refusal = row["last_read_at"], row["last_refusal_at"]
+    if last_refusal is not None and (last_read is None or last_refusal > last_read):
+        return State.FAILING, f"{row['last_refusal_status']} {row['last_refusal_outcome']}"
+    if last_read is not None:
+        return State.OK, ""
+    stored = row["stored_at"]
+    if stored is not None and (now - stored).total_seconds() < agent_wait:
+        return State.WAITING, ""
+    return State.NEVER_READ, ""  # also when stored before boshreg kept the fleet: its age is unknown
+
+
+def query_fleet(
+    engine: Engine, *, now: datetime | None = None, agent_wait: float = AGENT_WAIT_SECONDS, limit: int | None = None
+) -> list[FleetEntry]:
+    """Every stored instance, by id, with what the fleet table knows of it."""
+    now = now or datetime.now(UTC)
+    statement = (
+        select(registry_instances.c.instance_id, *[c for c in registry_fleet.c if c.name != "instance_id"])
+        .select_from(registry_instances.outerjoin(registry_fleet, _F.instance_id == registry_instances.c.instance_id))
+        .order_by(registry_instances.c.instance_id)
+        .limit(limit)
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(statement).mappings().all()
+    entries = []
+    for raw in rows:
+        row: dict[str, Any] = {name: _aware(v) if isinstance(v, datetime) else v for name, v in raw.items()}
+        row["reads"], row["refusals"] = row["reads"] or 0, row["refusals"] or 0
+        state, cause = classify(row, now, agent_wait)
+        entries.append(FleetEntry(**row, state=state, cause=cause))
+    return entries
+
+
+def _aware(value: datetime) -> datetime:
+    """SQLite and MySQL give naive datetimes back; the stored ones are UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)

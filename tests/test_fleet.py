@@ -1,0 +1,201 @@
+"""The fleet view: what the registry knows of each instance, kept by the audit writer (``registry/fleet``),
+shown by `boshreg fleet` from the database or a running registry, right with several workers and replicas."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import URL
+
+from boshreg.bootstrap.credentials import instance_token
+from boshreg.registry.audit import Event
+from boshreg.registry.fleet import State, changes_of, classify
+from boshreg.testcloud.openstack import FakeServer, OpenStackStandIn
+from conftest import RegistryLauncher
+from support.cli import assert_one_line_error, boshreg
+from support.http import get_from
+from support.registry import ADMIN_PASSWORD, INSTANCE_SECRET, RegistryProcess, free_port
+
+ADMIN = ("admin", ADMIN_PASSWORD)
+SETTINGS = b'{"agent_id": "a-1"}'
+WAIT_SECONDS = 10  # the audit writer flushes every 0.5 s; this bounds a test's wait for it
+T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+# --- merging a batch of events -----------------------------------------------------------------------
+
+
+def event(action: str, instance_id: str, status: int = 200, seconds: int = 0, **more: Any) -> Event:
+    fields: dict[str, Any] = {"client": "10.0.0.7", "credential": "per-vm", "outcome": "ok", **more}
+    return Event(T0 + timedelta(seconds=seconds), action, instance_id, status=status, **fields)
+
+
+def test_a_batch_becomes_one_change_per_instance() -> None:
+    changes = changes_of(
+        [
+            event("write", "vm-1", size=19),
+            event("read", "vm-1", seconds=2, count=3, last_at=T0 + timedelta(seconds=4)),
+            event("read", "vm-1", 401, seconds=5, outcome="access_denied", client="10.0.0.9", count=2),
+            event("read", "vm-1", seconds=6, client="10.0.0.8"),
+        ]
+    )
+    change = changes["vm-1"]
+    assert (change.size, change.reads, change.refusals) == (19, 4, 2)
+    assert (change.first_read, change.last_read, change.read_client) == (
+        T0 + timedelta(seconds=2),
+        T0 + timedelta(seconds=6),
+        "10.0.0.8",
+    )
+    assert (change.refusal_status, change.refusal_outcome, change.refusal_client) == (401, "access_denied", "10.0.0.9")
+
+
+def test_a_delete_forgets_what_came_before_it_and_made_up_ids_are_ignored() -> None:
+    changes = changes_of([event("read", "vm-1"), event("delete", "vm-1", seconds=1), event("read", "vm\\x00bad", 404)])
+    assert changes["vm-1"].deleted
+    assert changes["vm-1"].reads == 0
+    assert "vm\\x00bad" not in changes
+
+
+@pytest.mark.parametrize(
+    ("row", "state", "cause"),
+    [
+        ({"stored_at": T0 - timedelta(seconds=30)}, State.WAITING, ""),
+        ({"stored_at": T0 - timedelta(seconds=700)}, State.NEVER_READ, ""),
+        ({"stored_at": None}, State.NEVER_READ, ""),  # stored before boshreg kept the fleet: age unknown
+        ({"last_read_at": T0}, State.OK, ""),
+        ({"last_read_at": T0, "last_refusal_at": T0 - timedelta(seconds=1)}, State.OK, ""),
+        ({"last_read_at": T0, "last_refusal_at": T0 + timedelta(seconds=1), "last_refusal_status": 401,
+          "last_refusal_outcome": "revoked"}, State.FAILING, "401 revoked"),
+    ],
+)  # fmt: skip
+def test_states(row: dict[str, Any], state: State, cause: str) -> None:
+    full = {"stored_at": T0, "last_read_at": None, "last_refusal_at": None, **row}
+    assert classify(full, T0, 600) == (state, cause)
+
+
+# --- against real `boshreg serve` processes -----------------------------------------------------------
+
+
+@pytest.fixture
+def cloud() -> Iterator[OpenStackStandIn]:
+    stand_in = OpenStackStandIn(
+        "bosh", "api-key-secret", "bosh",
+        [FakeServer("vm-ip", fixed=["127.0.0.2"]), FakeServer("vm-x", fixed=["127.0.0.5"])],
+    ).start()  # fmt: skip
+    yield stand_in
+    stand_in.stop()
+
+
+def config_of(registry: RegistryProcess) -> str:
+    return registry.args[registry.args.index("--config") + 1]
+
+
+def put(registry: RegistryProcess, key: str) -> None:
+    assert httpx.put(f"{registry.url}/instances/{key}/settings", content=SETTINGS, auth=ADMIN).status_code == 200
+
+
+def get(registry: RegistryProcess, key: str, auth: tuple[str, str] | None) -> int:
+    return httpx.get(f"{registry.url}/instances/{key}/settings", auth=auth, headers={"Connection": "close"}).status_code
+
+
+def fleet(
+    registry: RegistryProcess, tmp_path: Path, *extra: str, until: Callable[[dict[str, Any]], bool]
+) -> dict[str, dict[str, Any]]:
+    """``boshreg fleet --json`` by instance, once ``until`` holds (the writer flushes every 0.5 s)."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while True:
+        result = boshreg("fleet", "--config", config_of(registry), "--json", *extra, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        rows = {row["instance_id"]: row for row in json.loads(result.stdout)}
+        if until(rows) or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.2)
+
+
+def test_each_state_an_operator_must_tell_apart(
+    start_registry: RegistryLauncher, cloud: OpenStackStandIn, tmp_path: Path
+) -> None:
+    registry = start_registry(
+        instance_secret=INSTANCE_SECRET,
+        workers=2,
+        cloud={"plugin": "openstack",
+               "openstack": {"auth_url": cloud.auth_url, "username": "bosh", "api_key": "api-key-secret",
+                             "tenant": "bosh", "region": "RegionOne"}},
+    )  # fmt: skip
+    for key in ("vm-old", "vm-ok", "vm-401", "vm-ip"):
+        put(registry, key)
+    time.sleep(1.2)  # vm-old is now older than the agent wait below; vm-new is not
+    put(registry, "vm-new")
+    assert get(registry, "vm-ok", ("vm-ok", instance_token(INSTANCE_SECRET, "vm-ok"))) == 200
+    assert get(registry, "vm-401", ("vm-401", "not-its-token")) == 401
+    assert get_from(f"{registry.url}/instances/vm-ip/settings", "127.0.0.5")[0] == 500  # vm-x's address
+    assert get(registry, "vm-made-up", ("admin", ADMIN_PASSWORD)) == 404  # not stored: never listed
+
+    rows = fleet(registry, tmp_path, "--agent-wait", "1", until=lambda rows: rows["vm-ip"]["refusals"] == 1)
+    states = {key: (row["state"], row["cause"]) for key, row in rows.items()}
+    assert states == {
+        "vm-old": ("never-read", ""),
+        "vm-new": ("waiting", ""),
+        "vm-ok": ("ok", ""),
+        "vm-401": ("failing", "401 access_denied"),
+        "vm-ip": ("failing", "500 ip_mismatch"),
+    }
+    assert (rows["vm-ok"]["last_read_credential"], rows["vm-ok"]["last_read_client"]) == ("per-vm", "127.0.0.1")
+    assert rows["vm-ip"]["last_refusal_client"] == "127.0.0.5"
+    assert rows["vm-ok"]["size"] == len(SETTINGS)
+
+    endpoint = registry.url.replace("://", f"://admin:{ADMIN_PASSWORD}@")
+    asked = boshreg("fleet", "--endpoint", endpoint, "--state", "failing", "--json", cwd=tmp_path)
+    assert [row["instance_id"] for row in json.loads(asked.stdout)] == ["vm-401", "vm-ip"]
+    assert httpx.get(f"{registry.url}/fleet").status_code == 401
+    own = ("vm-ok", instance_token(INSTANCE_SECRET, "vm-ok"))
+    assert httpx.get(f"{registry.url}/fleet", auth=own).status_code == 403
+
+
+def test_reads_through_every_worker_and_replica_add_up(
+    database_url: URL, start_registry: RegistryLauncher, tmp_path: Path
+) -> None:
+    replicas = [start_registry(database_url, workers=2), start_registry(database_url, workers=2)]
+    put(replicas[0], "vm-counted")
+    put(replicas[1], "vm-gone")
+    reads = 0
+    for replica in replicas:
+        for _ in range(15):
+            assert get(replica, "vm-counted", ADMIN) == 200
+            reads += 1
+    for _ in range(7):
+        assert get(replicas[1], "vm-counted", ("admin", "wrong")) == 401
+    assert httpx.delete(f"{replicas[0].url}/instances/vm-gone/settings", auth=ADMIN).status_code == 200
+    rows = fleet(
+        replicas[1], tmp_path, until=lambda rows: rows.get("vm-counted", {}).get("reads") == reads
+        and rows["vm-counted"]["refusals"] == 7,
+    )  # fmt: skip
+    assert list(rows) == ["vm-counted"]  # the deleted instance is gone from the fleet
+    row = rows["vm-counted"]
+    assert (row["reads"], row["refusals"], row["state"]) == (reads, 7, "failing")
+    assert row["first_read_at"] <= row["last_read_at"] < row["last_refusal_at"]
+
+
+def test_the_table_is_plain_when_piped_and_names_the_fix_when_the_database_is_away(
+    start_registry: RegistryLauncher, tmp_path: Path
+) -> None:
+    registry = start_registry()
+    put(registry, "vm-table")
+    result = boshreg("fleet", "--config", config_of(registry), cwd=tmp_path)
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["INSTANCE", "STATE", "STORED", "LAST", "READ", "FROM", "CREDENTIAL", "READS",
+                                "REFUSED", "CAUSE"]  # fmt: skip
+    assert lines[1].split()[:2] == ["vm-table", "waiting"]
+    assert "\x1b[" not in result.stdout
+    away = f"http:\n  user: admin\n  password: pw-{free_port()}\ndb:\n  url: postgresql://bosh@127.0.0.1:{free_port()}/reg\n"
+    (tmp_path / "away.yml").write_text(away)
+    for command in ("fleet", "events"):
+        away_error = boshreg(command, "--config", "away.yml", cwd=tmp_path)
+        assert_one_line_error(away_error, "cannot read the registry's database", "start the database")
