@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import sys
+from pathlib import Path
 
 import uvicorn
 import uvloop
@@ -29,8 +30,9 @@ def _serve_on_uvicorn(
     listening: server.Listening,
     caps: ConnectionCaps,
     tls: ssl.SSLContext | None,
+    metrics_dir: Path,
 ) -> None:
-    del caps, tls  # uvicorn has limits of its own, and the bench serves plain HTTP
+    del caps, tls, metrics_dir  # uvicorn has limits of its own, the bench serves plain HTTP and scrapes nothing
     audit = server.open_audit(config, store)
     api = RegistryApi(config, store, audit)
     uvicorn_config = uvicorn.Config(

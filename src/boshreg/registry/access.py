@@ -19,7 +19,8 @@ CREDENTIALS = "credentials"
 REVOKE = "revoke"
 EVENTS = "events"
 FLEET = "fleet"  # every instance's state: not about one instance, admin only
-ACTIONS = (READ, WRITE, DELETE, CREDENTIALS, REVOKE, EVENTS, FLEET)
+METRICS = "metrics"  # GET /metrics: admin, or an address of http.metrics_allow_from
+ACTIONS = (READ, WRITE, DELETE, CREDENTIALS, REVOKE, EVENTS, FLEET, METRICS)
 
 
 class Decision(enum.Enum):
@@ -43,9 +44,13 @@ def decide(
     *,
     anonymous_reads: bool = False,
     address_check: bool = False,
+    scraper: bool = False,
 ) -> Access:
-    """May ``caller`` (as ``user``) do ``action`` to ``instance_id``? The reason is for the refused."""
-    if caller is Caller.ADMIN:
+    """May ``caller`` (as ``user``) do ``action`` to ``instance_id``? The reason is for the refused.
+
+    ``scraper``: the caller's address is one ``http.metrics_allow_from`` names.
+    """
+    if caller is Caller.ADMIN or (action == METRICS and scraper):
         return Access(Decision.ALLOW)
     if caller is Caller.INSTANCE:
         if action != READ:

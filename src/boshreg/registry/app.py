@@ -7,6 +7,7 @@ where we add one, an ``error`` message the caller can act on.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import logging
 import time
@@ -38,7 +39,7 @@ from boshreg.registry.cache import (
     SharedMarker,
 )
 from boshreg.registry.config import RegistryConfig
-from boshreg.registry.fleet import AGENT_WAIT_SECONDS, MAX_AGENT_WAIT, query_fleet
+from boshreg.registry.fleet import AGENT_WAIT_SECONDS, MAX_AGENT_WAIT, query_fleet, stored_and_never_read
 from boshreg.registry.iaas import (
     IaasUnavailable,
     InstanceAmbiguous,
@@ -46,6 +47,7 @@ from boshreg.registry.iaas import (
     address_lookup,
     mismatch_message,
 )
+from boshreg.registry.metrics import CONTENT_TYPE, DatabaseGauges, ProcessMetrics, render, snapshots
 from boshreg.registry.openapi import OPENAPI
 from boshreg.registry.payload import PayloadError, check_instance_id, check_settings
 from boshreg.registry.peer import client_address
@@ -94,10 +96,20 @@ def forbidden(message: str) -> JSONResponse:
 class RegistryApi:
     """The route handlers, bound to one config, one store and one audit trail."""
 
-    def __init__(self, config: RegistryConfig, store: SettingsStore, audit: AuditLog | None = None) -> None:
+    def __init__(
+        self,
+        config: RegistryConfig,
+        store: SettingsStore,
+        audit: AuditLog | None = None,
+        metrics: ProcessMetrics | None = None,
+    ) -> None:
         self.config = config
         self.store = store
         self.audit = audit
+        self.metrics = metrics or ProcessMetrics(None)
+        if audit is not None:
+            self.metrics.gauges = lambda: {"audit_queue": audit.queue_depth, "audit_dropped": audit.dropped_total}
+        self.scrapers = [ipaddress.ip_network(entry, strict=False) for entry in config.http.metrics_allow_from]
         self.auth = Authenticator(config.users(), config.http.instance_secret)
         throttle = config.http.auth_throttle
         self.throttle = AuthThrottle(throttle.max_failures, throttle.window, throttle.block)
@@ -107,19 +119,20 @@ class RegistryApi:
         # As many worker threads as the thread engine has connections (on PostgreSQL, a share of
         # db.max_connections): more would only wait inside the pool and time out there.
         self.limiter = anyio.CapacityLimiter(pool_size(store.engine))
-        self.addresses = address_lookup(config.cloud, self.timeout) if config.cloud else None
+        self.addresses = address_lookup(config.cloud, self.timeout, self.metrics.lookup) if config.cloud else None
         # Cloud lookups wait on their own few threads: a hung cloud cannot take the store's.
         self.cloud_limiter = anyio.CapacityLimiter(CLOUD_LOOKUPS)
         # bcrypt checks wait on their own threads: guesses cannot delay reads or the address check.
         self.hash_limiter = anyio.CapacityLimiter(HASH_CHECKS)
         self.cache = answer_cache(config, store)
 
-    def fast_read(self, raw_id: str, header: str | None, client: str) -> bytes | None:
+    def fast_read(self, raw_id: str, header: str | None, client: str) -> tuple[bytes, str] | None:
         """The answer to a settings read from memory alone, or None when it needs the full path.
 
         Everything here is a lookup: the cached answer, the identity this header proved before, the
         throttle, the access policy. Whatever is not known (a new header, a refused one, an address
-        check, an instance not cached) goes the full way through ``settings``.
+        check, an instance not cached) goes the full way through ``settings``. The answer comes with the
+        kind of credential that read it (for the metrics).
         """
         cache = self.cache
         if cache is None:
@@ -144,7 +157,7 @@ class RegistryApi:
             return None
         if self.audit is not None:
             self.audit.record_read(raw_id, client, identity.caller.value)
-        return answer.body
+        return answer.body, identity.caller.value
 
     def close(self) -> None:
         """Let go of the cache's shared files."""
@@ -204,6 +217,25 @@ class RegistryApi:
             }
         )
 
+    async def prometheus(self, request: Request) -> Response:
+        """GET /metrics: Prometheus' text format, every worker's counts (admin, or http.metrics_allow_from)."""
+        _identity, refusal = await self._authorize(request, "", "metrics")
+        if refusal is not None:
+            return refusal
+        database = await anyio.to_thread.run_sync(self._database_gauges, limiter=self.limiter)
+        body = render(snapshots(self.metrics.directory, self.metrics), database)
+        return Response(body, media_type=CONTENT_TYPE)
+
+    def _database_gauges(self) -> DatabaseGauges:
+        """The database's availability and the fleet's counts, for a scrape (a worker thread)."""
+        started = time.perf_counter()
+        try:
+            instances, never_read = stored_and_never_read(self.store.engine, datetime.now(UTC))
+        except (StoreUnavailable, sa_exc.SQLAlchemyError) as exc:
+            log.warning("metrics: the database did not answer (%s)", type(exc).__name__)
+            return DatabaseGauges(False, time.perf_counter() - started, None, {})
+        return DatabaseGauges(True, time.perf_counter() - started, instances, never_read)
+
     async def _events(self, request: Request, raw_id: str) -> Response:
         limit_text = request.query_params.get("limit", str(EVENTS_DEFAULT))
         if not limit_text.isdigit() or not 1 <= int(limit_text) <= EVENTS_MAX:
@@ -228,19 +260,19 @@ class RegistryApi:
                 request.state.settings_bytes = len(body)  # for the fleet table, through the audit trail
                 settings = check_settings(body)
                 try:
-                    await self._run(self.store.put, instance_id, settings)
+                    await self._timed("write", self._run(self.store.put, instance_id, settings))
                 finally:  # also when the answer is 503: a write that timed out here may still commit
                     self._written(instance_id)
                 return JSONResponse(OK)
             if request.method == "DELETE":
                 try:
-                    await self._run(self.store.delete, instance_id)
+                    await self._timed("delete", self._run(self.store.delete, instance_id))
                 finally:
                     self._written(instance_id)
                 return JSONResponse(OK)
             version = self.cache.version() if self.cache is not None else (0, 0)
             read_at = time.monotonic()
-            stored = await self._read(instance_id)
+            stored = await self._timed("read", self._read(instance_id))
         except PayloadError as exc:
             return error(400, "error", str(exc))
         except BodyTooLarge:
@@ -300,7 +332,9 @@ class RegistryApi:
         presented = parse_basic(header)
         user = presented[0] if presented is not None else ""
         wait = self.throttle.retry_after(client, user)
+        request.state.credential = Caller.REFUSED.value if presented is not None or header else Caller.ANONYMOUS.value
         if wait is not None:
+            self.metrics.blocked()
             return Identity(Caller.REFUSED), error(
                 429,
                 "error",
@@ -324,6 +358,7 @@ class RegistryApi:
                 self.throttle.failed(client, user)
         if header is not None and remembered is None:
             self.auth.remember(header, identity)
+        request.state.credential = identity.caller.value
         access = decide(
             identity.caller,
             identity.user,
@@ -331,6 +366,7 @@ class RegistryApi:
             instance_id,
             anonymous_reads=self.anonymous_reads,
             address_check=self.addresses is not None,
+            scraper=action == "metrics" and self._is_scraper(client),
         )
         if access.decision is Decision.ALLOW:
             return identity, None
@@ -339,6 +375,14 @@ class RegistryApi:
         if access.decision is Decision.FORBIDDEN:
             return identity, forbidden(access.reason)
         return identity, access_denied(access.reason)
+
+    def _is_scraper(self, client: str) -> bool:
+        """The caller's address is one http.metrics_allow_from names."""
+        try:
+            address = ipaddress.ip_address(client)
+        except ValueError:
+            return False
+        return any(address in network for network in self.scrapers)
 
     async def _address_check(self, client: str, instance_id: str) -> Response | None:
         """The original's check for unauthenticated reads: the caller must hold one of the VM's addresses."""
@@ -432,6 +476,17 @@ class RegistryApi:
         """Run a blocking store call in a worker thread, bounded by http.request_timeout."""
         return await self._bounded(anyio.to_thread.run_sync(func, *args, abandon_on_cancel=True, limiter=self.limiter))
 
+    async def _timed(self, operation: str, work: Awaitable[T]) -> T:
+        """A store call, its time and failure counted for the metrics."""
+        started = time.perf_counter()
+        failed = True
+        try:
+            result = await work
+            failed = False
+            return result
+        finally:
+            self.metrics.store_call(operation, time.perf_counter() - started, failed=failed)
+
     async def _bounded(self, work: Awaitable[T]) -> T:
         """Await a store call for at most http.request_timeout; past it, the database counts as unavailable."""
         try:
@@ -501,6 +556,7 @@ def asgi_app(api: RegistryApi) -> Callable[..., Awaitable[None]]:
         Route("/instances/{instance_id}/credentials", api.credentials, methods=["POST", "DELETE"]),
         Route("/instances/{instance_id}/events", api.events, methods=["GET"]),
         Route("/fleet", api.fleet, methods=["GET"]),
+        Route("/metrics", api.prometheus, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/readyz", api.readyz, methods=["GET"]),
         Route("/openapi.json", _openapi, methods=["GET"]),

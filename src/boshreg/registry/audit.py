@@ -110,6 +110,7 @@ class AuditLog:
         self._reads_lock = threading.Lock()
         self._dropped = 0
         self._poisoned = 0
+        self.dropped_total = 0  # every event dropped since start (the metrics)
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
@@ -161,6 +162,7 @@ class AuditLog:
                 self._reads[key] = [datetime.now(UTC), 1]
             else:
                 self._dropped += 1
+                self.dropped_total += 1
 
     def _close_reads(self) -> None:
         """Move the counted reads to the queue, one event per (instance, client, credential)."""
@@ -172,10 +174,16 @@ class AuditLog:
                 Event(at, "read", escape_id(instance_id)[:255], client[:64], credential, 200, "ok", count, last_at=now)
             )
 
+    @property
+    def queue_depth(self) -> int:
+        """Events waiting to be written (reads counted since the last flush count as one each)."""
+        return len(self._queue) + len(self._reads)
+
     def _enqueue(self, event: Event) -> None:
         if len(self._queue) >= QUEUE_MAX:
             self._queue.popleft()
             self._dropped += 1
+            self.dropped_total += 1
         self._queue.append(event)
 
     def _close_window(self, now: float, *, force: bool = False) -> None:
@@ -225,6 +233,7 @@ class AuditLog:
                 self._write([event])
             except sa_exc.SQLAlchemyError as exc:
                 self._poisoned += 1
+                self.dropped_total += 1
                 if self._poisoned == 1 or self._poisoned % 1000 == 0:
                     log.warning(
                         "audit trail: the database refused an event (%s; %d so far), dropped it alone",

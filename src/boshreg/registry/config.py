@@ -6,6 +6,7 @@ naming the key, and keys we do not know produce a warning instead of being silen
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,11 +116,23 @@ class HttpConfig(_Section):
     cache_bytes: Annotated[int, Field(ge=0, le=4 * 1024 * 1024 * 1024)] = 32 * 1024 * 1024
     cache_seconds: Annotated[float, Field(ge=0, le=3600)] = 1.0
     workers: Annotated[int | None, Field(ge=1, le=64)] = None  # processes; default: one per core
+    # ours: who may scrape GET /metrics without admin credentials (addresses or networks)
+    metrics_allow_from: list[str] = []
 
-    @field_validator("additional_users", mode="before")
+    @field_validator("additional_users", "metrics_allow_from", mode="before")
     @classmethod
     def _none_is_empty(cls, value: Any) -> Any:
         return [] if value is None else value
+
+    @field_validator("metrics_allow_from")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an address or network (10.0.0.5, 10.0.0.0/24, fd00::/64)") from None
+        return value
 
 
 class DbConfig(_Section):

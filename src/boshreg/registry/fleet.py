@@ -16,10 +16,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, delete, insert, literal, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, literal, literal_column, select, update
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.sql import ColumnElement, case
 from sqlalchemy.sql.dml import Insert
@@ -252,3 +252,27 @@ def query_fleet(
 def _aware(value: datetime) -> datetime:
     """SQLite and MySQL give naive datetimes back; the stored ones are UTC."""
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def stored_and_never_read(engine: Engine, now: datetime) -> tuple[int, dict[str, int]]:
+    """How many instances are stored, and how many of them were never read, by time since stored.
+
+    Counted in the database (one statement each), so a scrape costs the same at 100 instances as at 100,000.
+    """
+    stored = _F.stored_at
+    age = case(
+        (stored.is_(None), literal("unknown")),
+        (stored >= now - timedelta(minutes=1), literal("0-1m")),
+        (stored >= now - timedelta(minutes=10), literal("1m-10m")),
+        (stored >= now - timedelta(hours=1), literal("10m-1h")),
+        else_=literal("1h+"),
+    ).label("age")
+    joined = registry_instances.outerjoin(registry_fleet, _F.instance_id == registry_instances.c.instance_id)
+    # Grouped by the output's name: PostgreSQL would see two CASEs, each with parameters of its own.
+    never_read = (
+        select(age, func.count()).select_from(joined).where(_F.last_read_at.is_(None)).group_by(literal_column("age"))
+    )
+    with engine.connect() as conn:
+        total = int(conn.execute(select(func.count()).select_from(registry_instances)).scalar_one())
+        by_age = {str(name): int(count) for name, count in conn.execute(never_read)}
+    return total, by_age

@@ -38,8 +38,11 @@ ASGIApp = Callable[
     [MutableMapping[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]],
     Awaitable[None],
 ]
-FastRead = Callable[[str, str | None, str], bytes | None]
-"""(instance id, Authorization header, client) → the body of a 200 answer, or None to ask the app."""
+FastRead = Callable[[str, str | None, str], tuple[bytes, str] | None]
+"""(instance id, Authorization header, client) → the body of a 200 answer and the credential kind that
+read it, or None to ask the app."""
+Observer = Callable[[str, bytes, int, str, float], None]
+"""(method, target, status, credential kind, seconds): told of every answered request (the metrics)."""
 
 SWEEP_SECONDS = 0.25  # how often connection deadlines are compared with the clock
 PIPELINE_MAX = 16  # requests read ahead of the one being answered; past it, reading pauses
@@ -73,8 +76,8 @@ class _Request:
     """One request as parsed, and its body as it arrives."""
 
     __slots__ = (
-        "authorization", "body", "complete", "content_length", "disconnected", "expect_continue", "fast",
-        "headers", "keep_alive", "method", "more", "started", "target", "version",
+        "authorization", "body", "complete", "content_length", "credential", "disconnected", "expect_continue",
+        "fast", "headers", "keep_alive", "method", "more", "started", "target", "version",
     )  # fmt: skip
 
     def __init__(self, target: bytes, headers: list[tuple[bytes, bytes]], started: float) -> None:
@@ -88,6 +91,7 @@ class _Request:
         self.content_length: int | None = None
         self.expect_continue = False
         self.fast = False
+        self.credential = "none"  # the kind the app or the fast read identified (the metrics' label)
         self.body = bytearray()
         self.complete = False
         self.disconnected = False
@@ -117,9 +121,11 @@ class Front:
         connections: OpenConnections,
         *,
         scheme: str = "http",
+        observe: Observer | None = None,
     ) -> None:
         self.app = app
         self.fast_read = fast_read
+        self.observe = observe
         self.limits = limits
         self.connections = connections
         self.scheme = scheme
@@ -406,9 +412,10 @@ class Connection(asyncio.Protocol):
     def _start(self, request: _Request) -> bool:
         """Answer in place when the fast read can (True), else hand the request to the app."""
         if request.fast:
-            body = self._fast(request)
-            if body is not None:
-                self._write(request, 200, [(b"content-type", b"application/json")], body)
+            answer = self._fast(request)
+            if answer is not None:
+                request.credential = answer[1]
+                self._write(request, 200, [(b"content-type", b"application/json")], answer[0])
                 return True
         self.busy = True
         task = self.loop.create_task(self._run_app(request))
@@ -416,7 +423,7 @@ class Connection(asyncio.Protocol):
         task.add_done_callback(self.front.tasks.discard)
         return False
 
-    def _fast(self, request: _Request) -> bytes | None:
+    def _fast(self, request: _Request) -> tuple[bytes, str] | None:
         instance_id = request.target[len(_SETTINGS_PREFIX) : -len(_SETTINGS_SUFFIX)]
         if not instance_id or b"/" in instance_id or b"%" in instance_id or b"?" in instance_id:
             return None
@@ -490,8 +497,9 @@ class Connection(asyncio.Protocol):
                 if not message.get("more_body", False):
                     answered = True
 
+        scope = self._scope(request)
         try:
-            await self.front.app(self._scope(request), receive, send)
+            await self.front.app(scope, receive, send)
         except Exception:
             log.exception("%s %s failed", request.method.decode(), printable_path(request.target))
             if not started:
@@ -506,6 +514,7 @@ class Connection(asyncio.Protocol):
                 )
         finally:
             self.busy = False
+            request.credential = str(scope["state"].get("credential", "none"))
         if not request.disconnected:
             await self.writing.wait()
             self._write(request, status, response_headers, b"".join(chunks))
@@ -526,6 +535,7 @@ class Connection(asyncio.Protocol):
             "headers": request.headers,
             "client": (self.client, 0),
             "server": self.server,
+            "state": {},  # the app notes the credential kind here (Starlette's request.state)
         }
 
     def _write(self, request: _Request, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
@@ -548,9 +558,12 @@ class Connection(asyncio.Protocol):
         if request.method != b"HEAD":
             parts.append(body)
         self.transport.write(b"".join(parts))
-        self.front.access_log.line(
-            request.method.decode("ascii", "replace"), request.target, status, request.started, self.client
-        )
+        method = request.method.decode("ascii", "replace")
+        self.front.access_log.line(method, request.target, status, request.started, self.client)
+        if self.front.observe is not None:
+            self.front.observe(
+                method, request.target, status, request.credential, time.perf_counter() - request.started
+            )
 
     def _refuse(self, status: int, message: str) -> None:
         """Answer a request the front will not pass on (400, 408, 413, 431), then close the connection.
@@ -572,6 +585,8 @@ class Connection(asyncio.Protocol):
                 b"connection: close\r\n\r\n%s" % (status, _REASONS[status], self.front.date_header(), len(body), body)
             )
             self.front.access_log.line("-", bytes(self.url) or b"-", status, time.perf_counter(), self.client)
+            if self.front.observe is not None:
+                self.front.observe("-", bytes(self.url), status, "none", 0.0)
         self.closing = True
         self._close()
 

@@ -154,10 +154,17 @@ class CachedAddresses:
     per VM boot, not per GET, and a stranger asking for made-up names cannot spend the cloud's rate limit
     faster than the registry's throttle lets it."""
 
-    def __init__(self, lookup: AddressLookup, ttl: float, now: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        lookup: AddressLookup,
+        ttl: float,
+        now: Callable[[], float] = time.monotonic,
+        observe: Callable[[str, float], None] | None = None,
+    ) -> None:
         self.lookup = lookup
         self.ttl = ttl
         self._now = now
+        self._observe = observe  # each real cloud call: its outcome and seconds (the metrics)
         self._cache: dict[str, tuple[float, set[str] | Exception]] = {}
 
     def addresses(self, instance_key: str) -> set[str]:
@@ -165,10 +172,16 @@ class CachedAddresses:
         if cached is not None and cached[0] > self._now():
             answer = cached[1]
         else:
+            started, outcome = time.perf_counter(), "unavailable"
             try:
                 answer = self.lookup.addresses(instance_key)
+                outcome = "found"
             except (InstanceUnknown, InstanceAmbiguous) as exc:
                 answer = exc
+                outcome = "unknown" if isinstance(exc, InstanceUnknown) else "ambiguous"
+            finally:
+                if self._observe is not None:
+                    self._observe(outcome, time.perf_counter() - started)
             if len(self._cache) > 10_000:
                 self._cache.clear()
             self._cache[instance_key] = (self._now() + self.ttl, answer)
@@ -177,8 +190,10 @@ class CachedAddresses:
         return answer
 
 
-def address_lookup(cloud: CloudConfig, timeout: float) -> AddressLookup:
-    """The cached lookup for the configured plugin."""
+def address_lookup(
+    cloud: CloudConfig, timeout: float, observe: Callable[[str, float], None] | None = None
+) -> AddressLookup:
+    """The cached lookup for the configured plugin; ``observe`` hears of each real cloud call."""
     inner: AddressLookup
     module = "openstack" if cloud.plugin == "openstack" else "boto3"
     try:
@@ -193,7 +208,7 @@ def address_lookup(cloud: CloudConfig, timeout: float) -> AddressLookup:
     else:
         assert cloud.aws is not None
         inner = AwsAddresses(cloud.aws, timeout)
-    return CachedAddresses(inner, cloud.address_cache_seconds)
+    return CachedAddresses(inner, cloud.address_cache_seconds, observe=observe)
 
 
 def _first_line(exc: BaseException) -> str:

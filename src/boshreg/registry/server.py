@@ -12,10 +12,12 @@ import ctypes
 import ipaddress
 import logging
 import os
+import shutil
 import signal
 import socket
 import ssl
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +41,7 @@ from boshreg.registry.connections import (
 )
 from boshreg.registry.engine import build_async_engine, build_engine
 from boshreg.registry.front import Front, FrontLimits
+from boshreg.registry.metrics import ProcessMetrics
 from boshreg.registry.store import SettingsStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -159,16 +162,21 @@ def serve(config: RegistryConfig, store: SettingsStore, listening: Listening) ->
     tls = _tls_context(config)
     parent = os.getpid()
     children: list[int] = []
-    for _ in range(worker_count(config) - 1):
-        pid = os.fork()
-        if pid == 0:
-            os._exit(_worker(config, store, listening, caps, tls, parent))
-        children.append(pid)
+    # Each worker writes its metrics here once a second; whoever is scraped adds them up (``metrics``).
+    metrics_dir = Path(tempfile.mkdtemp(prefix="boshreg-metrics-"))
     try:
-        _serve_process(config, store, listening, caps, tls)
+        for _ in range(worker_count(config) - 1):
+            pid = os.fork()
+            if pid == 0:
+                os._exit(_worker(config, store, listening, caps, tls, parent, metrics_dir))
+            children.append(pid)
+        try:
+            _serve_process(config, store, listening, caps, tls, metrics_dir)
+        finally:
+            _stop(children)
+            listening.sock.close()
     finally:
-        _stop(children)
-        listening.sock.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _tls_context(config: RegistryConfig) -> ssl.SSLContext | None:
@@ -190,10 +198,11 @@ def _worker(
     caps: ConnectionCaps,
     tls: ssl.SSLContext | None,
     parent: int,
+    metrics_dir: Path,
 ) -> int:
     _die_with(parent)
     try:
-        _serve_process(config, store, listening, caps, tls)
+        _serve_process(config, store, listening, caps, tls, metrics_dir)
     except Exception:
         log.exception("worker %d failed", os.getpid())
         return 1
@@ -240,13 +249,24 @@ def front_limits(config: RegistryConfig) -> FrontLimits:
 
 
 def _serve_process(
-    config: RegistryConfig, store: SettingsStore, listening: Listening, caps: ConnectionCaps, tls: ssl.SSLContext | None
+    config: RegistryConfig,
+    store: SettingsStore,
+    listening: Listening,
+    caps: ConnectionCaps,
+    tls: ssl.SSLContext | None,
+    metrics_dir: Path,
 ) -> None:
-    """One process's server: its app, cache, audit writer and pool, on the shared socket."""
+    """One process's server: its app, cache, audit writer, metrics and pool, on the shared socket."""
     audit = open_audit(config, store)
-    api = RegistryApi(config, store, audit)
+    metrics = ProcessMetrics(metrics_dir).start()
+    api = RegistryApi(config, store, audit, metrics)
     front = Front(
-        asgi_app(api), api.fast_read, front_limits(config), OpenConnections(caps), scheme="https" if tls else "http"
+        asgi_app(api),
+        api.fast_read,
+        front_limits(config),
+        OpenConnections(caps),
+        scheme="https" if tls else "http",
+        observe=metrics.request,
     )
 
     async def run() -> None:
@@ -271,6 +291,7 @@ def _serve_process(
         log.info("stopped serving in process %d", os.getpid())
     finally:
         audit.stop()
+        metrics.stop()
         api.close()
         store.close()
 
