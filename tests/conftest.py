@@ -206,5 +206,5 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         for name, reason in sorted(_skipped.items()):
             terminalreporter.line(f"{name}: {reason}", red=True)
         terminalreporter.line(
-            "set BOSHREG_REQUIRE=sqlite,postgres,mysql,genisoimage,netns,promtool to make this a failure"
+            "set BOSHREG_REQUIRE=sqlite,postgres,mysql,genisoimage,netns,promtool,chromium to make this a failure"
         )

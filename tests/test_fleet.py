@@ -27,6 +27,7 @@ ADMIN = ("admin", ADMIN_PASSWORD)
 SETTINGS = b'{"agent_id": "a-1"}'
 WAIT_SECONDS = 10  # the audit writer flushes every 0.5 s; this bounds a test's wait for it
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+AGENT_WAIT = 3  # seconds: the states test has this long after its last PUT to read the fleet
 
 
 # --- merging a batch of events -----------------------------------------------------------------------
@@ -131,14 +132,14 @@ def test_each_state_an_operator_must_tell_apart(
     )  # fmt: skip
     for key in ("vm-old", "vm-ok", "vm-401", "vm-ip"):
         put(registry, key)
-    time.sleep(1.2)  # vm-old is now older than the agent wait below; vm-new is not
+    time.sleep(AGENT_WAIT + 0.2)  # vm-old is now older than the agent wait below; vm-new is not
     put(registry, "vm-new")
     assert get(registry, "vm-ok", ("vm-ok", instance_token(INSTANCE_SECRET, "vm-ok"))) == 200
     assert get(registry, "vm-401", ("vm-401", "not-its-token")) == 401
     assert get_from(f"{registry.url}/instances/vm-ip/settings", "127.0.0.5")[0] == 500  # vm-x's address
     assert get(registry, "vm-made-up", ("admin", ADMIN_PASSWORD)) == 404  # not stored: never listed
 
-    rows = fleet(registry, tmp_path, "--agent-wait", "1", until=lambda rows: rows["vm-ip"]["refusals"] == 1)
+    rows = fleet(registry, tmp_path, "--agent-wait", str(AGENT_WAIT), until=lambda rows: rows["vm-ip"]["refusals"] == 1)
     states = {key: (row["state"], row["cause"]) for key, row in rows.items()}
     assert states == {
         "vm-old": ("never-read", ""),
@@ -199,3 +200,26 @@ def test_the_table_is_plain_when_piped_and_names_the_fix_when_the_database_is_aw
     for command in ("fleet", "events"):
         away_error = boshreg(command, "--config", "away.yml", cwd=tmp_path)
         assert_one_line_error(away_error, "cannot read the registry's database", "start the database")
+
+
+def test_a_fleet_update_the_database_refuses_loses_no_audit_event(
+    database_url: URL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy import create_engine
+
+    from boshreg.registry import audit as audit_module
+    from boshreg.registry.audit import AuditLog, query_events
+    from boshreg.registry.store import SettingsStore
+
+    store = SettingsStore(create_engine(database_url))
+    store.ensure_schema()
+    trail = AuditLog(store.engine, max_age=timedelta(days=1), max_rows=1000)
+
+    def refused(_conn: object, _changes: object) -> None:
+        raise audit_module.sa_exc.IntegrityError("UPDATE registry_fleet", {}, Exception("refused"))
+
+    monkeypatch.setattr(audit_module, "apply_changes", refused)
+    trail.record("write", "vm-1", "10.0.0.1", "admin", 200, "ok", size=10)
+    trail.flush()
+    assert [event.instance_id for event in query_events(store.engine)] == ["vm-1"]
+    store.close()

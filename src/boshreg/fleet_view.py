@@ -13,7 +13,7 @@ from boshreg.bootstrap.endpoint import Endpoint
 from boshreg.client import RegistryClient
 from boshreg.registry.audit import printable
 from boshreg.registry.config import RegistryConfig
-from boshreg.registry.fleet import State, query_fleet
+from boshreg.registry.fleet import State, ago, query_fleet
 from boshreg.registry.reading import read_database
 
 COLOURS = {State.OK.value: "green", State.WAITING.value: "yellow", State.NEVER_READ.value: "red",
@@ -63,14 +63,10 @@ def aligned(lines: list[list[str]]) -> list[tuple[list[str], list[int]]]:
 
 
 def _ago(value: object, now: datetime) -> str:
+    """The age of a row's ISO time (as JSON carries it)."""
     if not isinstance(value, str) or not value:
         return "-"
     try:
-        then = datetime.fromisoformat(value)
+        return ago(datetime.fromisoformat(value), now)
     except ValueError:
         return "?"
-    seconds = max(0, int((now - then).total_seconds()))
-    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit} ago"
-    return f"{seconds}s ago"

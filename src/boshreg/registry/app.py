@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import anyio
 import anyio.to_thread
@@ -23,7 +24,8 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from boshreg.bootstrap.credentials import credential_problem, instance_token
 from boshreg.bootstrap.registry_key import REGISTRY_KEY
@@ -39,7 +41,8 @@ from boshreg.registry.cache import (
     SharedMarker,
 )
 from boshreg.registry.config import RegistryConfig
-from boshreg.registry.fleet import AGENT_WAIT_SECONDS, MAX_AGENT_WAIT, query_fleet, stored_and_never_read
+from boshreg.registry.dashboard import REFRESH_SECONDS, SORTS, STATIC, TEMPLATES, fleet_page, instance_page
+from boshreg.registry.fleet import AGENT_WAIT_SECONDS, MAX_AGENT_WAIT, State, query_fleet, stored_and_never_read
 from boshreg.registry.iaas import (
     IaasUnavailable,
     InstanceAmbiguous,
@@ -59,6 +62,15 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 OK = {"status": "ok"}
+# The dashboard's pages: nothing from elsewhere, no scripts, no framing by other sites.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; script-src 'self'; connect-src 'self'; "
+    "img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+COLUMNS = [("instance", "Instance"), ("state", "State"), ("stored", "Stored"), ("read", "Last read"),
+           ("", "From"), ("", "Credential"), ("reads", "Reads"), ("refusals", "Refused"), ("", "Cause")]  # fmt: skip
 ANONYMOUS = Identity(Caller.ANONYMOUS)
 CLOUD_LOOKUPS = 4  # cloud API calls in flight at once, per worker process
 HASH_CHECKS = 2  # bcrypt checks at once, per worker process
@@ -235,6 +247,84 @@ class RegistryApi:
             log.warning("metrics: the database did not answer (%s)", type(exc).__name__)
             return DatabaseGauges(False, time.perf_counter() - started, None, {})
         return DatabaseGauges(True, time.perf_counter() - started, instances, never_read)
+
+    async def ui_fleet(self, request: Request) -> Response:
+        """GET /ui/: the dashboard's fleet page (admin only)."""
+        _identity, refusal = await self._authorize(request, "", "fleet")
+        if refusal is not None:
+            return refusal
+        params = request.query_params
+        state = params.get("state", "")
+        state = state if state in {s.value for s in State} else ""
+        search = params.get("q", "")[:255]
+        sort = params.get("sort", "state")
+        sort = sort if sort in SORTS else "state"
+        descending = params.get("order") == "desc"
+        now = datetime.now(UTC)
+        agent_wait = self._agent_wait(request)
+        try:
+            page = await self._run(
+                lambda: fleet_page(
+                    self.store.engine, state=state, search=search, sort=sort, descending=descending,
+                    agent_wait=agent_wait, now=now,
+                )
+            )  # fmt: skip
+        except (StoreUnavailable, sa_exc.SQLAlchemyError) as exc:
+            log.warning("dashboard: %s", type(exc).__name__)
+            return error(503, "error", "the fleet table cannot be read now", **{"Retry-After": "1"})
+
+        asked_wait = request.query_params.get("agent_wait", "")  # kept by the form and the sort links
+
+        def sort_query(key: str) -> str:
+            order = "desc" if key == sort and not descending else "asc"
+            kept = {"agent_wait": asked_wait} if asked_wait else {}
+            return urlencode({"state": state, "q": search, "sort": key, "order": order, **kept})
+
+        context = {"page": page, "state": state, "search": search, "sort": sort, "descending": descending,
+                   "columns": COLUMNS, "sort_query": sort_query, "agent_wait": asked_wait}  # fmt: skip
+        return self._page(request, "fleet.html", now, context)
+
+    async def ui_instance(self, request: Request) -> Response:
+        """GET /ui/instances/<id>: one instance's facts, diagnosis and recent events (admin only)."""
+        raw_id = request.path_params["instance_id"]
+        _identity, refusal = await self._authorize(request, "", "fleet")
+        if refusal is not None:
+            return refusal
+        now = datetime.now(UTC)
+        agent_wait = self._agent_wait(request)
+        try:
+            instance_id = check_instance_id(raw_id)
+            page = await self._run(
+                lambda: instance_page(self.store.engine, instance_id, agent_wait=agent_wait, now=now)
+            )
+        except PayloadError as exc:
+            return error(400, "error", str(exc))
+        except (StoreUnavailable, sa_exc.SQLAlchemyError) as exc:
+            log.warning("dashboard: %s", type(exc).__name__)
+            return error(503, "error", "the audit trail cannot be read now", **{"Retry-After": "1"})
+        return self._page(request, "instance.html", now, {"page": page})
+
+    def _agent_wait(self, request: Request) -> float:
+        """?agent_wait=SECONDS, as /fleet takes it; the director's 600 s when absent or out of range."""
+        try:
+            wait = float(request.query_params.get("agent_wait", str(AGENT_WAIT_SECONDS)))
+        except ValueError:
+            return AGENT_WAIT_SECONDS
+        return wait if 0 < wait <= MAX_AGENT_WAIT else AGENT_WAIT_SECONDS
+
+    def _refresh(self, request: Request) -> int:
+        """Seconds between the page's own refreshes: ?refresh=N (2 to 3600), else REFRESH_SECONDS."""
+        text = request.query_params.get("refresh", "")
+        return int(text) if text.isdigit() and 2 <= int(text) <= 3600 else REFRESH_SECONDS
+
+    def _page(self, request: Request, template: str, now: datetime, context: dict[str, Any]) -> Response:
+        response = TEMPLATES.TemplateResponse(
+            request,
+            template,
+            {"now": now, "root": request.scope.get("root_path", ""), "refresh": self._refresh(request), **context},
+        )
+        response.headers.update(PAGE_HEADERS)
+        return response
 
     async def _events(self, request: Request, raw_id: str) -> Response:
         limit_text = request.query_params.get("limit", str(EVENTS_DEFAULT))
@@ -557,6 +647,10 @@ def asgi_app(api: RegistryApi) -> Callable[..., Awaitable[None]]:
         Route("/instances/{instance_id}/events", api.events, methods=["GET"]),
         Route("/fleet", api.fleet, methods=["GET"]),
         Route("/metrics", api.prometheus, methods=["GET"]),
+        Route("/ui", api.ui_fleet, methods=["GET"]),
+        Route("/ui/", api.ui_fleet, methods=["GET"]),
+        Route("/ui/instances/{instance_id}", api.ui_instance, methods=["GET"]),
+        Mount("/ui/static", StaticFiles(directory=STATIC), name="static"),
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/readyz", api.readyz, methods=["GET"]),
         Route("/openapi.json", _openapi, methods=["GET"]),

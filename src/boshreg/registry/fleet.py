@@ -125,7 +125,9 @@ def _upsert_written(conn: Connection, instance_id: str, change: Change) -> Inser
     ]  # fmt: skip
     dialect = conn.dialect.name
     if dialect in ("mysql", "mariadb"):
-        upsert: Insert = mysql.insert(registry_fleet).values(values).on_duplicate_key_update(updates)
+        # By name: MySQL's ON DUPLICATE KEY UPDATE takes (name, value) pairs, in the order given.
+        by_name = [(column.name, value) for column, value in updates]
+        upsert: Insert = mysql.insert(registry_fleet).values(values).on_duplicate_key_update(by_name)
         return upsert
     dialect_insert = (postgresql if dialect == "postgresql" else sqlite).insert(registry_fleet).values(values)
     merged: Insert = dialect_insert.on_conflict_do_update(
@@ -247,6 +249,17 @@ def query_fleet(
         state, cause = classify(row, now, agent_wait)
         entries.append(FleetEntry(**row, state=state, cause=cause))
     return entries
+
+
+def ago(value: datetime | None, now: datetime) -> str:
+    """``5m ago``, as the fleet table and the dashboard say it; ``-`` for never."""
+    if value is None:
+        return "-"
+    seconds = max(0, int((now - value).total_seconds()))
+    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
 
 
 def _aware(value: datetime) -> datetime:

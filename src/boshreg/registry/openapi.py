@@ -154,6 +154,15 @@ OPENAPI: dict[str, Any] = {
                 "responses": {"200": {"description": "The fleet", **_body("Fleet")}, **_COMMON},
             },
         },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus text format, every worker's counts (admin, or an address of "
+                           "http.metrics_allow_from)",
+                "responses": {"200": {"description": "The metrics",
+                                      "content": {"text/plain": {"schema": {"type": "string"}}}},
+                              "401": _COMMON["401"], "403": _COMMON["403"], "429": _COMMON["429"]},
+            },
+        },
         "/healthz": {"get": {"summary": "The process is up", "security": [{}],
                              "responses": {"200": {"description": "Up", **_body("Ok")}}}},
         "/readyz": {"get": {"summary": "The database answers", "security": [{}],

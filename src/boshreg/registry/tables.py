@@ -49,6 +49,9 @@ registry_credentials = Table(
     Column("changed_at", DateTime(timezone=True), nullable=False),
 )
 
+# Microseconds on MySQL too (its DATETIME keeps whole seconds): a refusal and the read before it must not tie.
+_TIME = DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+
 # What the registry knows of each stored instance, kept up by the audit trail's writer (``fleet``): when
 # its settings were stored and changed, their size, its reads and refusals. Rows are created by writes and
 # successful reads only (a stranger's reads of made-up ids add none) and removed with the settings.
@@ -56,16 +59,16 @@ registry_fleet = Table(
     "registry_fleet",
     metadata,
     Column("instance_id", _INSTANCE_ID, primary_key=True),
-    Column("stored_at", DateTime(timezone=True), nullable=True),  # the first write since it was (re)created
-    Column("changed_at", DateTime(timezone=True), nullable=True),  # the last write
+    Column("stored_at", _TIME, nullable=True),  # the first write since it was (re)created
+    Column("changed_at", _TIME, nullable=True),  # the last write
     Column("size", Integer, nullable=True),  # bytes of the settings, as last written through boshreg
     Column("reads", Integer, nullable=False),
-    Column("first_read_at", DateTime(timezone=True), nullable=True),
-    Column("last_read_at", DateTime(timezone=True), nullable=True),
+    Column("first_read_at", _TIME, nullable=True),
+    Column("last_read_at", _TIME, nullable=True),
     Column("last_read_client", String(64), nullable=True),
     Column("last_read_credential", String(16), nullable=True),
     Column("refusals", Integer, nullable=False),
-    Column("last_refusal_at", DateTime(timezone=True), nullable=True),
+    Column("last_refusal_at", _TIME, nullable=True),
     Column("last_refusal_status", SmallInteger, nullable=True),
     Column("last_refusal_outcome", String(32), nullable=True),
     Column("last_refusal_client", String(64), nullable=True),
