@@ -206,6 +206,7 @@ def test_a_fleet_update_the_database_refuses_loses_no_audit_event(
     database_url: URL, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from sqlalchemy import create_engine
+    from sqlalchemy import exc as sa_exc
 
     from boshreg.registry import audit as audit_module
     from boshreg.registry.audit import AuditLog, query_events
@@ -216,10 +217,52 @@ def test_a_fleet_update_the_database_refuses_loses_no_audit_event(
     trail = AuditLog(store.engine, max_age=timedelta(days=1), max_rows=1000)
 
     def refused(_conn: object, _changes: object) -> None:
-        raise audit_module.sa_exc.IntegrityError("UPDATE registry_fleet", {}, Exception("refused"))
+        raise sa_exc.IntegrityError("UPDATE registry_fleet", {}, Exception("refused"))
 
     monkeypatch.setattr(audit_module, "apply_changes", refused)
     trail.record("write", "vm-1", "10.0.0.1", "admin", 200, "ok", size=10)
     trail.flush()
     assert [event.instance_id for event in query_events(store.engine)] == ["vm-1"]
     store.close()
+
+
+def in_a_terminal(args: list[str], cwd: Path, env: dict[str, str]) -> str:
+    """What a command prints when its standard output is a terminal (a pseudo-terminal here)."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    controller, terminal = pty.openpty()
+    try:
+        process = subprocess.run(
+            [sys.executable, "-m", "boshreg", *args], cwd=cwd, stdout=terminal, stderr=subprocess.PIPE, timeout=60,
+            env={k: v for k, v in os.environ.items() if not k.startswith(("BOSHREG_", "NO_COLOR"))} | env,
+        )  # fmt: skip
+        assert process.returncode == 0, process.stderr
+        os.close(terminal)
+        terminal = -1
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # the terminal's other end is closed: all was read
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks).decode()
+    finally:
+        os.close(controller)
+        if terminal >= 0:
+            os.close(terminal)
+
+
+def test_states_are_coloured_on_a_terminal_unless_no_color(start_registry: RegistryLauncher, tmp_path: Path) -> None:
+    registry = start_registry()
+    put(registry, "vm-colour")
+    args = ["fleet", "--config", config_of(registry)]
+    assert "\x1b[33mwaiting" in in_a_terminal(args, tmp_path, {})  # yellow: stored, not read yet
+    plain = in_a_terminal(args, tmp_path, {"NO_COLOR": "1"})
+    assert "waiting" in plain
+    assert "\x1b[" not in plain
