@@ -52,6 +52,7 @@ from boshreg.registry.datadir import (
 from boshreg.registry.fleet import AGENT_WAIT_SECONDS, MAX_AGENT_WAIT, State
 from boshreg.registry.reading import read_database
 from boshreg.registry.server import bind, open_store, serve, startup_message
+from boshreg.registry.transfer import export_records, header_line, import_records, read_records, write_private
 from boshreg.testcloud.boot import boot
 from boshreg.testcloud.configdrive import drive_files, write_iso
 from boshreg.testcloud.drill import ADDRESS_CHECK, DEFAULT_AGENT_DEADLINE, DRIVE_FAULTS, MODES, drill
@@ -402,6 +403,73 @@ def fleet_command(
 def _colour_on_stdout() -> bool:
     """Colour for a person at a terminal; none when piped, or with NO_COLOR set (no-color.org)."""
     return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+
+@cli.command("export")
+@config_file_option
+@data_dir_option
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write to this file (created 0600: settings hold credentials). Default: standard output.",
+)
+def export_command(config_file: Path | None, data_dir: Path, output: Path | None) -> None:
+    """Write every instance's settings, credential generation and fleet record as JSON Lines.
+
+    The settings text is written exactly as stored: an export of an imported copy is byte for byte the
+    export of the original. With `boshreg import`, the way from one database to another.
+
+    \b
+    Examples:
+      boshreg export --config registry.yml -o registry.jsonl
+      boshreg export --data-dir .boshreg | gzip > registry.jsonl.gz
+    """
+    config, where = _registry_database(config_file, data_dir)
+    if output is not None and not output.parent.is_dir():
+        raise CliError(f"-o {output}: the directory {output.parent} does not exist; create it first")
+    records = read_database(config, where, lambda engine: list(export_records(engine)))
+    lines = [header_line(), *(record.to_line() for record in records)]
+    text = "".join(line + "\n" for line in lines)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    write_private(output, text.encode("utf-8"))
+    click.echo(f"exported {len(records)} instances to {output}", err=True)
+
+
+@cli.command("import")
+@click.argument("import_file", metavar="FILE|-", type=click.File("r", encoding="utf-8"))
+@config_file_option
+@data_dir_option
+@click.option("--dry-run", is_flag=True, help="Show what would change; change nothing.")
+@json_option
+def import_command(import_file: TextIO, config_file: Path | None, data_dir: Path, dry_run: bool, as_json: bool) -> None:
+    """Load a `boshreg export` file into this registry's database: all of it or nothing.
+
+    Instances in the file are created or made equal to it; others are left alone. Importing the same file
+    again changes nothing. A bad line is named by its number, and nothing is imported.
+
+    \b
+    Examples:
+      boshreg import registry.jsonl --config postgres.yml --dry-run
+      boshreg export --data-dir old | boshreg import - --config postgres.yml
+    """
+    records = read_records(import_file, import_file.name)
+    config, where = _registry_database(config_file, data_dir)
+    summary = read_database(config, where, lambda engine: import_records(engine, records, dry_run=dry_run))
+    if as_json:
+        _print_json({"dry_run": dry_run, **summary.to_json()})
+        return
+    verb = "would " if dry_run else ""
+    click.echo(
+        f"{'dry run: ' if dry_run else ''}{len(records)} instances in {import_file.name}: {verb}create "
+        f"{len(summary.created)}, {verb}change {len(summary.changed)}, {summary.unchanged} unchanged"
+    )
+    for instance_id in summary.created:
+        click.echo(f"  {verb}create {instance_id}")
+    for instance_id in summary.changed:
+        click.echo(f"  {verb}change {instance_id}")
 
 
 @cli.command("hash-password")
