@@ -50,7 +50,7 @@ from boshreg.registry.datadir import (
     zero_config_for_reading,
 )
 from boshreg.registry.fleet import AGENT_WAIT_SECONDS, MAX_AGENT_WAIT, State
-from boshreg.registry.reading import read_database
+from boshreg.registry.reading import read_database, stored_settings
 from boshreg.registry.server import bind, open_store, serve, startup_message
 from boshreg.registry.transfer import export_records, header_line, import_records, read_records, write_private
 from boshreg.testcloud.boot import boot
@@ -758,6 +758,80 @@ def userdata_render(
         click.echo(json.dumps(fragment, indent=2))
         click.echo(f"\n{verdict.to_text()}")
     ctx.exit(0 if verdict.boots else 1)
+
+
+@userdata_group.command("from-registry")
+@click.argument("instance_id")
+@config_file_option
+@data_dir_option
+@ask_registry_option
+@click.option("--name", help="The VM's server name (server.name). Default: INSTANCE_ID.")
+@click.option("--dns", multiple=True, help="A DNS server for dns.nameserver (repeatable; default: the settings').")
+@click.option(
+    "--cloud",
+    type=click.Choice(CLOUDS),
+    default="openstack",
+    show_default=True,
+    help="Whose size limit applies: nova's 65,535 base64 characters, or EC2's 16 KiB.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the user data to this file (created 0600: it holds the settings' credentials).",
+)
+@cacert_option
+@timeout_option
+@json_option
+def userdata_from_registry(
+    instance_id: str,
+    config_file: Path | None,
+    data_dir: Path,
+    endpoint_url: str | None,
+    name: str | None,
+    dns: tuple[str, ...],
+    cloud: str,
+    output: Path | None,
+    cacert: str | None,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Turn INSTANCE_ID's stored settings into registry-less user data, for a stemcell with api_version 2.
+
+    The settings go to the top level (with their agent_id), beside server.name and dns: what a current
+    CPI sends, so the VM needs no registry. Checked against the cloud's user-data size limit.
+
+    \b
+    Examples:
+      boshreg userdata from-registry vm-3f1c --config registry.yml -o user_data.json
+      boshreg userdata from-registry i-0abc --endpoint http://admin:PASSWORD@10.0.0.5:25777 --cloud aws --json
+    """
+    if output is not None and not output.parent.is_dir():
+        raise CliError(f"-o {output}: the directory {output.parent} does not exist; create it first")
+    for server in dns:
+        if not is_ip_address(server):
+            raise CliError(f"--dns {server!r} is not an IP address")
+    if endpoint_url:
+        with RegistryClient(parse_endpoint(endpoint_url, key="--endpoint"), timeout=timeout, cacert=cacert) as client:
+            text, where = client.get_settings(instance_id), "the registry"
+    else:
+        config, where = _registry_database(config_file, data_dir)
+        found = stored_settings(config, where, instance_id)
+        if found is None:
+            raise CliError(f"no settings stored for {instance_id} in {where}; check the instance id")
+        text = found
+    settings = decode_user_data(text, f"the settings of {instance_id} in {where}")
+    bootstrap = render_bootstrap(name or instance_id, settings=settings, dns=list(dns), cloud=cloud)
+    raw = json.dumps(bootstrap.user_data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if output is not None:
+        write_private(output, raw)
+    if as_json:
+        _print_json({"instance": instance_id, "bytes": len(raw), "user_data": bootstrap.user_data,
+                     "written_to": str(output) if output else None})  # fmt: skip
+    elif output is None:
+        click.echo(raw.decode("utf-8"))
+    else:
+        click.echo(f"wrote registry-less user data of {instance_id} ({len(raw):,} bytes) to {output}", err=True)
 
 
 @cli.command("inspect")

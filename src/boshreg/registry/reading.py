@@ -34,3 +34,8 @@ def read_database(config: RegistryConfig, where: str, query: Callable[[Engine], 
         ) from None
     finally:
         store.close()
+
+
+def stored_settings(config: RegistryConfig, where: str, instance_id: str) -> str | None:
+    """One instance's settings text as stored, or None."""
+    return read_database(config, where, lambda engine: SettingsStore(engine).get(instance_id))
