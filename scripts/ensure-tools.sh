@@ -2,7 +2,8 @@
 # Install the Debian tools the test suite uses when they are missing (as root): genisoimage, the tool
 # Nova builds config drives with; iproute2 (ip netns, bridges) for the outage drill; prometheus for its
 # promtool, which checks and unit-tests the example alert rules; chromium, the headless browser the
-# dashboard's tests drive (through Playwright, with this browser: Playwright downloads none). Never fails the build by itself: the suite
+# dashboard's tests drive (through Playwright, with this browser: Playwright downloads none); systemd for
+# systemd-analyze, which verifies the unit `boshreg service-unit` prints. Never fails the build by itself: the suite
 # skips a missing tool loudly, or fails when it is listed in BOSHREG_REQUIRE (CI lists it).
 set -u
 missing=()
@@ -10,6 +11,7 @@ command -v genisoimage >/dev/null || missing+=(genisoimage)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v promtool >/dev/null || missing+=(prometheus)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
     echo "tools: cannot install ${missing[*]} (not root, or no apt-get); their tests will be skipped"

@@ -65,14 +65,11 @@ def test_settings_commands_against_a_local_zero_config_registry(
     assert_one_line_error(boshreg("settings", "get", "vm-2", cwd=tmp_path, env=env), "404", "vm-2")
 
 
-def test_settings_get_defaults_to_the_local_data_dir(start_registry: RegistryLauncher, tmp_path: Path) -> None:
-    # The default endpoint is the local zero-config registry on the default port; serve one there if free.
-    with socket.socket() as probe:
-        if probe.connect_ex(("127.0.0.1", 25777)) == 0:
-            pytest.skip("port 25777 is taken on this machine")
-    registry = RegistryProcess(tmp_path, [], 25777)
-    start_registry.started.append(registry)
-    registry.start()
+def test_settings_get_finds_the_local_registry_on_the_port_it_serves_on(
+    start_registry: RegistryLauncher, tmp_path: Path
+) -> None:
+    registry = start_registry(args=[])  # zero-config mode in ./.boshreg, on a port of the launcher's choosing
+    assert (tmp_path / ".boshreg" / "port").read_text() == f"{registry.port}\n"
     (tmp_path / "s.json").write_text("{}")
     assert boshreg("settings", "put", "vm-local", "s.json", cwd=tmp_path).returncode == 0
     assert boshreg("settings", "get", "vm-local", cwd=tmp_path).stdout == "{}\n"

@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -36,22 +37,19 @@ from boshreg.cpi.mode import CPIS, read_manifest, registry_mode
 from boshreg.doctor import diagnose, load_manifest
 from boshreg.errors import BoshregError
 from boshreg.fleet_view import COLOURS, aligned, fleet_from_database, fleet_from_endpoint, table_lines
-from boshreg.logs import setup_logging
 from boshreg.registry.audit import parse_since, query_events
 from boshreg.registry.auth import hash_password
-from boshreg.registry.config import RegistryConfig, load_config, unknown_keys
+from boshreg.registry.config import RegistryConfig, load_config
 from boshreg.registry.datadir import (
     DEFAULT_DATA_DIR,
-    PASSWORD_FILE,
-    config_data_dir,
     local_endpoint,
-    with_instance_secret,
-    zero_config,
     zero_config_for_reading,
 )
 from boshreg.registry.fleet import AGENT_WAIT_SECONDS, MAX_AGENT_WAIT, State
 from boshreg.registry.reading import read_database, stored_settings
-from boshreg.registry.server import bind, open_store, serve, startup_message
+from boshreg.registry.server import serve, startup_message
+from boshreg.registry.service_unit import UnitOptions, render_unit
+from boshreg.registry.startup import open_registry
 from boshreg.registry.transfer import export_records, header_line, import_records, read_records, write_private
 from boshreg.testcloud.boot import boot
 from boshreg.testcloud.configdrive import drive_files, write_iso
@@ -158,38 +156,16 @@ def serve_command(
       boshreg serve
       boshreg serve --config /var/vcap/jobs/registry/config/registry.yml
     """
-    if config_file is not None:
-        config = _with_overrides(load_config(config_file), host, port)
-        password_file = None
-        given = ctx.get_parameter_source("data_dir") in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
-        data_dir = data_dir if given else config_data_dir(config)
-    else:
-        config = zero_config(data_dir, host=host, port=port)
-        password_file = str((data_dir / PASSWORD_FILE).resolve())
-    config = with_instance_secret(config, data_dir)
-    setup_logging(config.log_level_name, config.logfile)
-    for key in unknown_keys(config):
-        log.warning("unknown config key %s is ignored; check its spelling against the README", key)
-    if config.http.password == "admin":
-        log.warning(
-            "http.password is the well-known default; every VM's settings are readable by anyone "
-            "who knows it. Set a generated one."
-        )
-    listening = bind(config.http.host, config.http.port)
-    store = open_store(config)
-    click.echo(startup_message(config, store, listening, password_file=password_file))
+    given = ctx.get_parameter_source("data_dir") in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    registry = open_registry(config_file, data_dir, data_dir_given=given, host=host, port=port)
+    click.echo(
+        startup_message(registry.config, registry.store, registry.listening, password_file=registry.password_file)
+    )
     sys.stdout.flush()
-    serve(config, store, listening)
+    serve(registry.config, registry.store, registry.listening)
 
 
 cli.add_command(serve_command, "serve")
-
-
-def _with_overrides(config: RegistryConfig, host: str | None, port: int | None) -> RegistryConfig:
-    updates = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
-    if not updates:
-        return config
-    return config.model_copy(update={"http": config.http.model_copy(update=updates)})
 
 
 endpoint_option = click.option(
@@ -470,6 +446,52 @@ def import_command(import_file: TextIO, config_file: Path | None, data_dir: Path
         click.echo(f"  {verb}create {instance_id}")
     for instance_id in summary.changed:
         click.echo(f"  {verb}change {instance_id}")
+
+
+@cli.command("service-unit")
+@click.option(
+    "-c",
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="The registry's YAML config (its SQLite database, if any, must be under /var/lib/boshreg). "
+    "Default: zero-config mode in /var/lib/boshreg.",
+)
+@click.option("--user", help="Run as this existing user. Default: a dynamic user systemd makes (DynamicUser).")
+@click.option(
+    "--port", type=click.IntRange(1, 65535), help="Overrides http.port (below 1024: the capability is granted)."
+)
+@click.option(
+    "--executable",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="The boshreg program to run. Default: the one on the PATH.",
+)
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="Write the unit here.")
+def service_unit_command(
+    config_file: Path | None, user: str | None, port: int | None, executable: Path | None, output: Path | None
+) -> None:
+    """Print a hardened systemd unit that runs the registry as a service.
+
+    Its own user, its data in /var/lib/boshreg (0700) and nothing else writable, no new privileges, a file
+    limit for the connection caps, restarted on failure, stopped with SIGTERM (in-flight requests finish).
+
+    \b
+    Examples:
+      boshreg service-unit --config /etc/boshreg/registry.yml > /etc/systemd/system/boshreg.service
+      boshreg service-unit -o boshreg.service && systemd-analyze verify boshreg.service
+    """
+    found = executable or (Path(which) if (which := shutil.which("boshreg")) else None)
+    if found is None:
+        raise CliError("boshreg is not on the PATH here; give --executable /path/to/boshreg")
+    if output is not None and not output.parent.is_dir():
+        raise CliError(f"-o {output}: the directory {output.parent} does not exist; create it first")
+    options = UnitOptions(found.resolve(), config_file.resolve() if config_file else None, user, port)
+    text = render_unit(options)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text)
+        click.echo(f"wrote {output}; install it as /etc/systemd/system/boshreg.service", err=True)
 
 
 @cli.command("hash-password")

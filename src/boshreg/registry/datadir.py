@@ -27,6 +27,7 @@ DEFAULT_DATA_DIR = Path(".boshreg")
 PASSWORD_FILE = "admin-password"
 INSTANCE_SECRET_FILE = "instance-secret"
 DATABASE_FILE = "registry.db"
+PORT_FILE = "port"  # the port the zero-config registry last served on
 WELL_KNOWN_PASSWORDS = frozenset({"admin", "password", "changeme", "registry", "bosh", "secret", "c1oudc0w"})
 
 
@@ -144,9 +145,26 @@ def zero_config(data_dir: Path, *, host: str | None = None, port: int | None = N
     return RegistryConfig(http=http, db=db)
 
 
-def local_endpoint(data_dir: Path, port: int = DEFAULT_PORT) -> Endpoint | None:
-    """The admin endpoint of a zero-config registry on this host, if ``data_dir`` belongs to one."""
+def local_endpoint(data_dir: Path) -> Endpoint | None:
+    """The admin endpoint of a zero-config registry on this host, if ``data_dir`` belongs to one: on the port
+    it last served on (recorded in the data directory), else the default."""
     password = read_admin_password(data_dir)
     if password is None:
         return None
+    port = recorded_port(data_dir) or DEFAULT_PORT
     return Endpoint(scheme="http", host="127.0.0.1", port=port, user="admin", password=password)
+
+
+def record_port(data_dir: Path, port: int) -> None:
+    """Note the port a zero-config registry serves on, for the client commands of this host."""
+    partial = data_dir / (PORT_FILE + ".tmp")
+    partial.write_text(f"{port}\n")
+    partial.replace(data_dir / PORT_FILE)
+
+
+def recorded_port(data_dir: Path) -> int | None:
+    try:
+        text = (data_dir / PORT_FILE).read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() and 0 < int(text) < 65536 else None
