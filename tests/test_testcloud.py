@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import create_engine
 
 from boshreg.agent import ConfigDriveSource
+from boshreg.agent.sources import SourceUnavailable
 from boshreg.bootstrap.nova import OPENSTACK_VERSIONS
 from boshreg.registry.audit import query_events
 from support.chain import PUBLIC_KEY, metadata_service, vm
@@ -152,10 +153,28 @@ def test_metadata_command_serves_vm_directories(tmp_path: Path) -> None:
         (["metadata", "--vm", "vm-1=.@not-an-ip"], "'not-an-ip' is not an IP address"),
         (["metadata", "--port", "nowhere", "--vm", "vm-1=."], "'nowhere' is not a valid integer"),
         (["config-drive", "--user-data", "absent", "-o", "x.iso"], "absent"),
+        (["config-drive", "-o", "x.iso"], "no --user-data: the agent finds nothing to boot from"),
+        (["config-drive", "--empty", "-o", "missing/x.iso"], "the directory missing does not exist"),
+        (["metadata", "--vm", "vm-1=.", "--vm", "vm-2=."], "with 2 VMs each needs @IP"),
+        (["metadata", "--vm", "vm-1=.@127.0.0.7", "--vm", "vm-2=.@127.0.0.7"], "127.0.0.7 is already vm-1's"),
     ],
 )
 def test_testcloud_errors_are_one_line(tmp_path: Path, args: list[str], expected: str) -> None:
     assert_one_line_error(boshreg("testcloud", *args, cwd=tmp_path), expected)
+
+
+def test_boot_without_a_work_dir_prints_no_path_it_deletes(tmp_path: Path) -> None:
+    result = boshreg("testcloud", "boot", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "keep it with --work-dir" in result.stdout.splitlines()[0]
+    assert "registry.log" not in result.stdout  # the work directory is gone when the command ends
+
+
+def test_an_empty_config_drive_on_purpose(tmp_path: Path) -> None:
+    result = boshreg("testcloud", "config-drive", "--empty", "-o", "empty.iso", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    with pytest.raises(SourceUnavailable, match="has no ec2/latest/user-data"):  # as the agent finds it
+        ConfigDriveSource([str(tmp_path / "empty.iso")]).read(timeout=2)
 
 
 @pytest.mark.parametrize(

@@ -57,7 +57,7 @@ from boshreg.testcloud.drill import ADDRESS_CHECK, DEFAULT_AGENT_DEADLINE, DRIVE
 from boshreg.testcloud.metadata import MetadataFaults, MetadataServer
 from boshreg.testcloud.netlab import DEFAULT_SUBNET
 from boshreg.testcloud.storm import MAX_VMS, storm
-from boshreg.testcloud.vms import TestVm, default_meta_data, parse_vm_spec
+from boshreg.testcloud.vms import TestVm, check_vm_set, default_meta_data, parse_vm_spec
 from boshreg.why import (
     READ_OK,
     registry_side_from_database,
@@ -981,6 +981,7 @@ def testcloud_metadata(host: str, port: int, vm_specs: tuple[str, ...]) -> None:
       boshreg testcloud metadata --host 127.0.0.1 --port 8775 --vm vm-1=./vm-1
     """
     vms = [parse_vm_spec(spec) for spec in vm_specs]
+    check_vm_set(vms)
     try:
         server = MetadataServer(host, port, vms)
     except OSError as exc:
@@ -998,12 +999,14 @@ def testcloud_metadata(host: str, port: int, vm_specs: tuple[str, ...]) -> None:
 @click.option("--meta-data", "meta_data_file", type=click.File("rb"), help="meta_data.json (default: generated).")
 @click.option("--name", default="vm-1", show_default=True, help="The VM's name, for generated metadata.")
 @click.option("--public-key", "public_key_file", type=click.File("r"), help="SSH public key, for generated metadata.")
+@click.option("--empty", is_flag=True, help="Build it without user data on purpose (what the agent then does).")
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True, help="The image.")
 def testcloud_config_drive(
     user_data_file: BinaryIO | None,
     meta_data_file: BinaryIO | None,
     name: str,
     public_key_file: TextIO | None,
+    empty: bool,
     output: Path,
 ) -> None:
     """Build a config drive image as Nova does (ISO 9660, label config-2).
@@ -1012,6 +1015,13 @@ def testcloud_config_drive(
     Example:
       boshreg testcloud config-drive --user-data user_data.json --name vm-1 -o drive.iso
     """
+    if user_data_file is None and not empty:
+        raise CliError("no --user-data: the agent finds nothing to boot from on such a drive; give --user-data FILE "
+                       "(or --empty to build one on purpose)")  # fmt: skip
+    if user_data_file is not None and empty:
+        raise CliError("--empty and --user-data contradict each other; give one")
+    if not output.parent.is_dir():
+        raise CliError(f"-o {output}: the directory {output.parent} does not exist; create it first")
     meta = default_meta_data(name, public_key_file.read() if public_key_file else None)
     if meta_data_file is not None:
         meta = decode_user_data(meta_data_file.read(), f"--meta-data {meta_data_file.name}")
@@ -1066,6 +1076,7 @@ def testcloud_boot(
             deadline=deadline,
             say=(lambda _line: None) if as_json else click.echo,
             metadata_down=metadata_down,
+            kept=work_dir is not None,
         )
     if as_json:
         _print_json(report.to_json())

@@ -94,11 +94,13 @@ def boot(
     deadline: float = 30.0,
     say: Callable[[str], None] = print,
     metadata_down: bool = False,
+    kept: bool = True,
 ) -> BootReport:
     """Run the chain once; every process and socket it starts is stopped before it returns.
 
     ``metadata_down``: the metadata service does not answer (stopped before the agent runs), as on a
-    cloud without one or a subnet without DHCP: what a VM fed by its drive then depends on.
+    cloud without one or a subnet without DHCP: what a VM fed by its drive then depends on. ``kept``: the
+    work directory outlives the run (else its paths are not printed: they would be gone).
     """
     if delivery is Delivery.LEGACY:
         raise TestCloudError(
@@ -106,7 +108,7 @@ def boot(
         )
     name = f"vm-{uuid.uuid4()}"
     settings = example_settings(name)
-    with running_registry(work_dir, say) as registry:
+    with running_registry(work_dir, say, kept=kept) as registry:
         registry_url, endpoint = registry.url, registry.endpoint
         if not registry_less:
             with RegistryClient(endpoint) as client:
@@ -170,8 +172,11 @@ class LocalRegistry:
 
 
 @contextmanager
-def running_registry(work_dir: Path, say: Callable[[str], None]) -> Iterator[LocalRegistry]:
-    """A real ``boshreg serve`` (SQLite in ``work_dir``) on a free loopback port, stopped on exit."""
+def running_registry(work_dir: Path, say: Callable[[str], None], *, kept: bool = True) -> Iterator[LocalRegistry]:
+    """A real ``boshreg serve`` (SQLite in ``work_dir``) on a free loopback port, stopped on exit.
+
+    ``kept``: ``work_dir`` stays after the run, so its paths are worth printing.
+    """
     port = _free_port()
     data_dir = work_dir / "registry"
     try:
@@ -200,7 +205,8 @@ def running_registry(work_dir: Path, say: Callable[[str], None]) -> Iterator[Loc
         _wait_until_up(process, port, work_dir / "registry.log")
         password = (data_dir / "admin-password").read_text().strip()
         endpoint = Endpoint("http", "127.0.0.1", port, "admin", password)
-        say(f"1. registry  boshreg serve at {url} (SQLite in {data_dir}, log {work_dir / 'registry.log'})")
+        where = f"SQLite in {data_dir}, log {work_dir / 'registry.log'}" if kept else "SQLite; keep it with --work-dir"
+        say(f"1. registry  boshreg serve at {url} ({where})")
         yield LocalRegistry(url, endpoint, data_dir)
     finally:
         process.terminate()

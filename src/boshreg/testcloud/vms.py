@@ -92,6 +92,24 @@ def meta_data_for_version(meta: dict[str, Any], version: str) -> dict[str, Any]:
     return shown
 
 
+def check_vm_set(vms: list[TestVm]) -> None:
+    """VMs one metadata service can tell apart: it picks a VM by the caller's address, so with more than one,
+    each needs its own (else every request would be answered 404)."""
+    if len(vms) > 1:
+        for vm in vms:
+            if vm.ip is None:
+                raise TestCloudError(
+                    f"--vm {vm.name}: with {len(vms)} VMs each needs @IP (the caller's address picks its VM); "
+                    "without it every request is answered 404"
+                )
+    seen: dict[str, str] = {}
+    for vm in vms:
+        if vm.ip is not None and vm.ip in seen:
+            raise TestCloudError(f"--vm {vm.name}: {vm.ip} is already {seen[vm.ip]}'s address; give each VM its own")
+        if vm.ip is not None:
+            seen[vm.ip] = vm.name
+
+
 def parse_vm_spec(spec: str) -> TestVm:
     """``NAME=DIR`` or ``NAME=DIR@IP`` (the VM answered to callers from IP) into a VM."""
     name, equals, rest = spec.partition("=")
