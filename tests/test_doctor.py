@@ -165,3 +165,14 @@ def test_online_check_fails_against_a_server_that_is_not_a_registry(static_file_
     assert "Server SimpleHTTP/" in check.message
     assert "body b'<!DOCTYPE HTML>" in check.message
     assert check.fix == "point registry.endpoint at the host and port `boshreg serve` listens on"
+
+
+def test_the_statuses_are_coloured_on_a_terminal_unless_no_color(tmp_path: Path) -> None:
+    from support.cli import in_a_terminal
+
+    manifest = str(FIXTURES / "micro_bosh_config_drive.yml")
+    coloured = in_a_terminal(["doctor", manifest], tmp_path, {}, exit_codes=(1,))
+    assert "\x1b[31m\x1b[1mFAIL" in coloured  # red and bold
+    plain = in_a_terminal(["doctor", manifest], tmp_path, {"NO_COLOR": "1"}, exit_codes=(1,))
+    assert "FAIL" in plain
+    assert "\x1b[" not in plain

@@ -19,7 +19,7 @@ from boshreg.registry.audit import Event
 from boshreg.registry.fleet import State, changes_of, classify
 from boshreg.testcloud.openstack import FakeServer, OpenStackStandIn
 from conftest import RegistryLauncher
-from support.cli import assert_one_line_error, boshreg
+from support.cli import assert_one_line_error, boshreg, in_a_terminal
 from support.http import get_from
 from support.registry import ADMIN_PASSWORD, INSTANCE_SECRET, RegistryProcess, free_port
 
@@ -224,38 +224,6 @@ def test_a_fleet_update_the_database_refuses_loses_no_audit_event(
     trail.flush()
     assert [event.instance_id for event in query_events(store.engine)] == ["vm-1"]
     store.close()
-
-
-def in_a_terminal(args: list[str], cwd: Path, env: dict[str, str]) -> str:
-    """What a command prints when its standard output is a terminal (a pseudo-terminal here)."""
-    import os
-    import pty
-    import subprocess
-    import sys
-
-    controller, terminal = pty.openpty()
-    try:
-        process = subprocess.run(
-            [sys.executable, "-m", "boshreg", *args], cwd=cwd, stdout=terminal, stderr=subprocess.PIPE, timeout=60,
-            env={k: v for k, v in os.environ.items() if not k.startswith(("BOSHREG_", "NO_COLOR"))} | env,
-        )  # fmt: skip
-        assert process.returncode == 0, process.stderr
-        os.close(terminal)
-        terminal = -1
-        chunks = []
-        while True:
-            try:
-                chunk = os.read(controller, 65536)
-            except OSError:  # the terminal's other end is closed: all was read
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return b"".join(chunks).decode()
-    finally:
-        os.close(controller)
-        if terminal >= 0:
-            os.close(terminal)
 
 
 def test_states_are_coloured_on_a_terminal_unless_no_color(start_registry: RegistryLauncher, tmp_path: Path) -> None:

@@ -275,6 +275,18 @@ def test_storm_gives_every_vm_its_own_settings_through_its_own_credential(tmp_pa
     assert len({event.client for event in reads}) == 60  # each VM from its own address
 
 
+def test_storm_shows_its_progress_on_a_terminal_only(tmp_path: Path) -> None:
+    from support.cli import in_a_terminal
+
+    shown = in_a_terminal(["testcloud", "storm", "--vms", "40", "--concurrency", "8"], tmp_path, {}, stderr_too=True)
+    assert "40/40 stored (100%)" in shown
+    assert "40/40 booted (100%)" in shown
+    assert "registry.log" not in shown  # its work directory is gone at the end: no path to it is printed
+    piped = boshreg("testcloud", "storm", "--vms", "20", "--concurrency", "4", cwd=tmp_path)
+    assert piped.returncode == 0, piped.stderr
+    assert "booted (" not in piped.stdout + piped.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [

@@ -15,7 +15,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO, TextIO, TypeVar
+from typing import Any, BinaryIO, TextIO, TypeVar
 
 import click
 from click.core import ParameterSource
@@ -374,6 +374,23 @@ def fleet_command(
         if colour and cells[1] in COLOURS:
             shown[1] = click.style(shown[1], fg=COLOURS[cells[1]])
         click.echo("  ".join(shown).rstrip(), color=colour)
+
+
+DOCTOR_STYLES: dict[str, dict[str, Any]] = {"ok": {"fg": "green"}, "warn": {"fg": "yellow"},
+                                            "fail": {"fg": "red", "bold": True}}  # fmt: skip
+
+
+def _progress_on_terminal() -> Callable[[str, int, int], None] | None:
+    """A progress line on standard error, rewritten in place, for a person watching; none when it is piped."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(phase: str, done: int, total: int) -> None:
+        end = "\n" if done >= total else ""
+        click.echo(f"\r   {done:,}/{total:,} {phase} ({100 * done // max(total, 1)}%)", nl=False, err=True)
+        click.echo(end, nl=False, err=True)
+
+    return show
 
 
 def _colour_on_stdout() -> bool:
@@ -937,6 +954,8 @@ def doctor_command(
     report = diagnose(load_manifest(manifest), str(manifest), online=online, timeout=timeout, cacert=cacert)
     if as_json:
         _print_json(report.to_json())
+    elif _colour_on_stdout():
+        click.echo(report.to_text(lambda label, status: click.style(label, **DOCTOR_STYLES[status.value])), color=True)
     else:
         click.echo(report.to_text())
     ctx.exit(1 if report.failed else 0)
@@ -1137,6 +1156,8 @@ def testcloud_storm(
             processes=processes,
             deadline=deadline,
             say=(lambda _line: None) if as_json else click.echo,
+            progress=_progress_on_terminal(),
+            kept=work_dir is not None,
         )
     if as_json:
         _print_json(report.to_json())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,12 +74,14 @@ class Report:
     def failed(self) -> bool:
         return any(check.status is Status.FAIL for check in self.checks)
 
-    def to_text(self) -> str:
-        """The report as an operator reads it: one line per check, each fix indented below it."""
+    def to_text(self, paint: Callable[[str, Status], str] = lambda label, _status: label) -> str:
+        """The report as an operator reads it: one line per check, each fix indented below it.
+
+        ``paint`` dresses each status label (the command line colours it on a terminal)."""
         lines = [f"boshreg doctor: {self.source}"]
         for check in self.checks:
             label = check.status.value.upper() if check.status is Status.FAIL else check.status.value
-            lines.append(f"  {label:<4} {check.name}: {check.message}")
+            lines.append(f"  {paint(f'{label:<4}', check.status)} {check.name}: {check.message}")
             fix_lines = check.fix.splitlines()
             if fix_lines:
                 lines.append(f"       fix: {fix_lines[0]}")

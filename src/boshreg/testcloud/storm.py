@@ -14,6 +14,7 @@ import math
 import multiprocessing
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -38,6 +39,7 @@ from boshreg.testcloud.vms import TestCloudError, TestVm, default_meta_data
 
 MAX_VMS = 100_000
 CPI_WRITERS = 16
+PROGRESS_SECONDS = 0.5
 _SPAWN = multiprocessing.get_context("spawn")  # no fork of a process that already runs threads
 _ERRORS_KEPT = 5
 
@@ -115,8 +117,14 @@ def storm(
     processes: int | None = None,
     deadline: float = 60.0,
     say: Callable[[str], None] = print,
+    progress: Callable[[str, int, int], None] | None = None,
+    kept: bool = True,
 ) -> StormReport:
-    """Boot ``vms`` VMs, ``concurrency`` at a time; everything started is stopped before it returns."""
+    """Boot ``vms`` VMs, ``concurrency`` at a time; everything started is stopped before it returns.
+
+    ``progress(phase, done, total)`` is told twice a second how far the CPI's writes and the boots are;
+    ``kept``: ``work_dir`` outlives the run (else its paths are not printed).
+    """
     if not 1 <= vms <= MAX_VMS:
         raise TestCloudError(f"--vms {vms}: give between 1 and {MAX_VMS:,}")
     if not 1 <= concurrency <= 4096:
@@ -124,17 +132,21 @@ def storm(
     _check_loopback_range()
     processes = max(1, min(processes or os.cpu_count() or 1, concurrency))
     names = [vm_name(i) for i in range(vms)]
-    with running_registry(work_dir, say) as registry:
+    with running_registry(work_dir, say, kept=kept) as registry:
         secret = (registry.data_dir / INSTANCE_SECRET_FILE).read_text().strip()
         say(f"2. CPI       storing the settings of {vms:,} VMs ({CPI_WRITERS} writers) ...")
         started = time.monotonic()
-        _store_all(registry.endpoint, names)
+        stored = _Counter()
+        with _Reporting(progress, "stored", stored, vms):
+            _store_all(registry.endpoint, names, stored)
         cpi_seconds = time.monotonic() - started
         cloud = [_vm(i, name, per_vm_endpoint(registry.endpoint, name, secret=secret)) for i, name in enumerate(names)]
         with _MetadataProcess(cloud) as metadata_url:
             say(f"3. nova      metadata service {metadata_url} for {vms:,} VMs, each known by its own address")
             say(f"4. agents    {vms:,} VMs boot, {concurrency} at a time, in {processes} processes ...")
-            boots = _resolve_all(names, metadata_url, concurrency, processes, deadline)
+            booted = _Counter(_SPAWN.Value("q", 0))
+            with _Reporting(progress, "booted", booted, vms):
+                boots = _resolve_all(names, metadata_url, concurrency, processes, deadline, booted)
     return _report(boots, vms, concurrency, processes, cpi_seconds)
 
 
@@ -156,10 +168,61 @@ def _check_loopback_range() -> None:
             ) from None
 
 
-def _store_all(endpoint: Endpoint, names: Sequence[str]) -> None:
+def _store_all(endpoint: Endpoint, names: Sequence[str], stored: _Counter) -> None:
     """PUT every VM's settings with the admin credential, as the CPI does before creating the servers."""
+
+    def put(name: str) -> None:
+        client.put_settings(name, json.dumps(example_settings(name)))
+        stored.add()
+
     with RegistryClient(endpoint, timeout=30) as client, ThreadPoolExecutor(CPI_WRITERS) as writers:
-        list(writers.map(lambda name: client.put_settings(name, json.dumps(example_settings(name))), names))
+        list(writers.map(put, names))
+
+
+class _Counter:
+    """A count shared by threads, or by processes when given a shared value (the resolvers' boots)."""
+
+    def __init__(self, shared: Any = None) -> None:
+        self.shared = shared
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def add(self) -> None:
+        if self.shared is not None:
+            with self.shared.get_lock():
+                self.shared.value += 1
+            return
+        with self._lock:
+            self._count += 1
+
+    @property
+    def value(self) -> int:
+        return int(self.shared.value) if self.shared is not None else self._count
+
+
+class _Reporting:
+    """Tells ``progress`` the count twice a second while the block runs, and once more at its end."""
+
+    def __init__(self, progress: Callable[[str, int, int], None] | None, phase: str, count: _Counter, total: int):
+        self.progress, self.phase, self.count, self.total = progress, phase, count, total
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="storm-progress", daemon=True)
+
+    def __enter__(self) -> _Reporting:
+        if self.progress is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.progress is not None:
+            self._stop.set()
+            self._thread.join(timeout=2)
+            self.progress(self.phase, self.count.value, self.total)
+
+    def _run(self) -> None:
+        assert self.progress is not None
+        while not self._stop.wait(PROGRESS_SECONDS):
+            self.progress(self.phase, self.count.value, self.total)
 
 
 class _MetadataProcess:
@@ -194,16 +257,26 @@ def _serve_metadata(vms: list[TestVm], ports: Queue[int]) -> None:
 
 
 def _resolve_all(
-    names: list[str], metadata_url: str, concurrency: int, processes: int, deadline: float
+    names: list[str], metadata_url: str, concurrency: int, processes: int, deadline: float, booted: _Counter
 ) -> list[VmBoot]:
     threads = math.ceil(concurrency / processes)
     shares = [[(i, names[i]) for i in range(p, len(names), processes)] for p in range(processes)]
-    with ProcessPoolExecutor(processes, mp_context=_SPAWN) as pool:
+    with ProcessPoolExecutor(
+        processes, mp_context=_SPAWN, initializer=_count_boots_in, initargs=(booted.shared,)
+    ) as pool:
         list(pool.map(_warm_up, range(processes)))  # every process started and imported before the clock runs
         chunks = pool.map(
             _boot_share, shares, [metadata_url] * processes, [threads] * processes, [deadline] * processes
         )
         return [boot for chunk in chunks for boot in chunk]
+
+
+_BOOTED: _Counter | None = None  # in a resolver process: the count of boots, shared with the parent
+
+
+def _count_boots_in(shared: Any) -> None:
+    global _BOOTED
+    _BOOTED = _Counter(shared)
 
 
 def _warm_up(_n: int) -> None:
@@ -231,6 +304,8 @@ def _boot_one(index: int, name: str, metadata_url: str, deadline: float) -> VmBo
     else:
         trace, matched = resolution.trace, resolution.settings == example_settings(name)
     seconds = time.monotonic() - started
+    if _BOOTED is not None:
+        _BOOTED.add()
     step_seconds = {step.step: step.seconds for step in trace.steps}
     return VmBoot(
         name,
