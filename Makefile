@@ -6,11 +6,15 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: setup run test lint typecheck unit bench faults databases tools clean
 
+# On a terminal pip shows each package as it comes (about a minute the first time); in logs it stays quiet.
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@echo "installing boshreg and its dependencies into $(VENV) (about a minute the first time)"
+	@if [ -t 1 ]; then quiet=; else quiet=--quiet; fi; \
+	    $(BIN)/python -m pip install $$quiet --disable-pip-version-check --upgrade pip && \
+	    $(BIN)/python -m pip install $$quiet --disable-pip-version-check --progress-bar off -e '.[dev]'
 	@touch $(STAMP)
+	@echo "installed: $(BIN)/boshreg (in a new shell: . $(VENV)/bin/activate)"
 
 setup: $(STAMP)
 
