@@ -306,6 +306,7 @@ def test_storm_usage_errors_are_one_line(tmp_path: Path, args: list[str], expect
         (["resolve", "--key", "uuid"], "invalid choice"),
         (["resolve", "--bind", "eth0"], "'eth0' is not an IP address"),
         (["resolve", "--bind", "192.0.2.77"], "192.0.2.77 is not an address of this machine"),
+        (["resolve", "--metadata-url", "http://127.0.0.1:9", "-o", "gone/s.json"], "the directory gone does not exist"),
         ([], "required"),
     ],
 )

@@ -30,6 +30,7 @@ from boshreg.agent.resolver import (
 from boshreg.agent.sources import ConfigDriveSource, FileSource, HttpSource, SettingsSource
 from boshreg.bootstrap import nova
 from boshreg.bootstrap.verdict import CONFIG_DRIVE, FILE, METADATA, Word
+from boshreg.errors import BoshregError
 
 SOURCE_KINDS = (FILE, CONFIG_DRIVE, METADATA)
 EXIT_NO_SETTINGS = 1
@@ -194,12 +195,20 @@ def agent_settings_from(args: argparse.Namespace) -> AgentSettings:
     return AgentSettings(chosen.sources, use_server_name, base.use_registry, base.where)
 
 
+class OutputError(BoshregError):
+    """--output names a place the settings cannot be written to."""
+
+
 def main(argv: Sequence[str] | None = None, prog: str = "boshreg agent") -> int:
     _OneLineParser.as_json = "--json" in (sys.argv[1:] if argv is None else argv)
     args = build_parser(prog).parse_args(argv)
     try:
+        if args.out and not Path(args.out).parent.is_dir():  # before any work: never fetch, then fail to keep
+            raise OutputError(
+                f"--output {args.out}: the directory {Path(args.out).parent} does not exist", "create it first"
+            )
         chosen = agent_settings_from(args)
-    except AgentConfigError as exc:
+    except (AgentConfigError, OutputError) as exc:
         if args.json:
             print(json.dumps({"error": exc.problem, "fix": exc.fix}))
         else:

@@ -40,6 +40,7 @@ REFUSALS_WINDOW = 10.0  # seconds: refused requests from one address become one 
 REFUSED_STATUSES = frozenset({401, 403, 429})
 PRUNE_SECONDS = 60.0
 QUEUE_MAX = 100_000
+FLEET_ATTEMPTS = 4  # a fleet update that meets another writer's lock is tried this many times
 EVENTS_DEFAULT = 100  # one page of GET /instances/<id>/events
 EVENTS_MAX = 1000
 
@@ -234,17 +235,30 @@ class AuditLog:
         """
         with self._writer, self.engine.begin() as conn:
             conn.execute(insert(registry_events), [event.row() for event in batch])
-        try:
-            with self._writer, self.engine.begin() as conn:
-                apply_changes(conn, changes_of(batch))
-        except sa_exc.SQLAlchemyError as exc:  # the events are written: writing them again would repeat them
-            self._fleet_failures += 1
-            if self._fleet_failures == 1 or self._fleet_failures % 1000 == 0:
-                log.warning(
-                    "fleet table not updated (%s; %d batches so far); the audit trail is complete",
-                    type(exc).__name__,
-                    self._fleet_failures,
-                )
+        changes = changes_of(batch)
+        for attempt in range(FLEET_ATTEMPTS):
+            try:
+                with self._writer, self.engine.begin() as conn:
+                    apply_changes(conn, changes)
+                return
+            except sa_exc.OperationalError:  # a deadlock or a lock wait another writer caused: once more
+                if attempt + 1 < FLEET_ATTEMPTS:
+                    time.sleep(0.05 * (attempt + 1))
+                    continue
+                self._fleet_failed("OperationalError")
+            except sa_exc.SQLAlchemyError as exc:  # the events are written: writing them again would repeat them
+                self._fleet_failed(type(exc).__name__)
+                return
+
+    def _fleet_failed(self, reason: str) -> None:
+        """A fleet update given up on: logged now and then, counted; the trail itself is complete."""
+        self._fleet_failures += 1
+        if self._fleet_failures == 1 or self._fleet_failures % 1000 == 0:
+            log.warning(
+                "fleet table not updated (%s; %d batches so far); the audit trail is complete",
+                reason,
+                self._fleet_failures,
+            )
 
     def _write_one_by_one(self, batch: list[Event]) -> None:
         for event in batch:

@@ -91,17 +91,22 @@ def changes_of(events: Iterable[Event]) -> dict[str, Change]:
 
 
 def apply_changes(conn: Connection, changes: dict[str, Change]) -> None:
-    """Write merged changes to ``registry_fleet`` inside the caller's transaction."""
-    for instance_id, change in changes.items():
+    """Write merged changes to ``registry_fleet`` inside the caller's transaction.
+
+    Rows are visited in id order (every writer locks them in the same order), and reads update a row that
+    exists without first trying to insert it: an insert that finds the row takes a shared lock on it,
+    and two writers holding one each and both wanting to update it deadlock (InnoDB did, under load).
+    """
+    for instance_id, change in sorted(changes.items()):
         if change.deleted:
             conn.execute(delete(registry_fleet).where(_F.instance_id == instance_id))
         if change.last_written is not None:
             conn.execute(_upsert_written(conn, instance_id, change))
         if change.reads or change.refusals:
-            conn.execute(_ensure_row(conn, instance_id))
-            conn.execute(
-                update(registry_fleet).where(_F.instance_id == instance_id).ordered_values(*_read_updates(change))
-            )
+            counted = update(registry_fleet).where(_F.instance_id == instance_id).ordered_values(*_read_updates(change))
+            if conn.execute(counted).rowcount == 0:
+                conn.execute(_ensure_row(conn, instance_id))
+                conn.execute(counted)
 
 
 def _upsert_written(conn: Connection, instance_id: str, change: Change) -> Insert:
