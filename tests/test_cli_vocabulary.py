@@ -8,7 +8,9 @@ meet ``--out`` on another.
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import click
 import pytest
@@ -16,6 +18,7 @@ from click.testing import CliRunner
 
 from boshreg.agent.cli import build_parser
 from boshreg.cli import cli
+from support.cli import boshreg
 
 SYNONYMS = {
     "output file": ("--output", "--out", "--output-file"),
@@ -79,3 +82,27 @@ def test_the_agents_help_uses_the_same_names(capsys: pytest.CaptureFixture[str])
         assert name in text
     for old in ("--out ", "--user-data-file", "--timeout"):
         assert old not in text
+
+
+def json_commands() -> list[tuple[str, ...]]:
+    return [
+        path
+        for path, command in click_commands(cli)
+        if any(isinstance(p, click.Option) and "--json" in p.opts for p in command.params)
+    ]
+
+
+@pytest.mark.parametrize("path", json_commands(), ids=" ".join)
+def test_under_json_every_usage_error_is_json_with_a_fix(path: tuple[str, ...], tmp_path: Path) -> None:
+    result = boshreg(*path, "--json", "--no-such-option", cwd=tmp_path)
+    assert result.returncode == 2, result
+    document = json.loads(result.stdout)
+    assert set(document) == {"error", "fix"}
+    assert "--no-such-option" in document["error"]
+    assert result.stderr == ""
+
+
+def test_the_agents_usage_errors_under_json_are_json(tmp_path: Path) -> None:
+    result = boshreg("agent", "resolve", "--json", "--no-such-option", cwd=tmp_path)
+    assert result.returncode == 2
+    assert set(json.loads(result.stdout)) == {"error", "fix"}
