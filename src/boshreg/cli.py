@@ -23,6 +23,7 @@ from click.core import ParameterSource
 from boshreg import __version__
 from boshreg.agent.agent_json import read_agent_settings
 from boshreg.agent.cli import main as agent_main
+from boshreg.banner import banner
 from boshreg.bootstrap.endpoint import Endpoint, EndpointError, parse_endpoint, reachability_warnings, redact_url
 from boshreg.bootstrap.net import is_ip_address
 from boshreg.bootstrap.nova import CLOUDS
@@ -47,7 +48,7 @@ from boshreg.registry.datadir import (
 )
 from boshreg.registry.fleet import AGENT_WAIT_SECONDS, MAX_AGENT_WAIT, State
 from boshreg.registry.reading import read_database, stored_settings
-from boshreg.registry.server import serve, startup_message
+from boshreg.registry.server import serve
 from boshreg.registry.service_unit import UnitOptions, render_unit
 from boshreg.registry.startup import open_registry
 from boshreg.registry.transfer import export_records, header_line, import_records, read_records, write_private
@@ -158,9 +159,7 @@ def serve_command(
     """
     given = ctx.get_parameter_source("data_dir") in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
     registry = open_registry(config_file, data_dir, data_dir_given=given, host=host, port=port)
-    click.echo(
-        startup_message(registry.config, registry.store, registry.listening, password_file=registry.password_file)
-    )
+    click.echo(banner(registry))
     sys.stdout.flush()
     serve(registry.config, registry.store, registry.listening)
 

@@ -27,7 +27,6 @@ from typing import Any
 
 import psutil
 
-from boshreg.bootstrap.endpoint import Endpoint
 from boshreg.errors import BoshregError
 from boshreg.registry.app import RegistryApi, asgi_app
 from boshreg.registry.audit import AuditLog
@@ -313,50 +312,3 @@ def _rate_limited_loop_errors() -> Callable[[asyncio.AbstractEventLoop, dict[str
 
 
 _PR_SET_PDEATHSIG = 1
-
-
-def startup_message(
-    config: RegistryConfig, store: SettingsStore, listening: Listening, *, password_file: str | None = None
-) -> str:
-    """What ``serve`` prints once it listens: where it serves, where data lives, what to paste."""
-    host = config.http.host
-    shown_host = f"[{host}]" if ":" in host else host
-    endpoint = Endpoint(
-        scheme="https" if config.http.tls else "http",
-        host=listening.advertised_host,
-        port=listening.port,
-        user=config.http.user,
-        password=config.http.password,
-    )
-    lines = [
-        f"boshreg registry listening on {endpoint.scheme}://{shown_host}:{listening.port}",
-        f"  database: {store.database}",
-        f"  workers: {worker_count(config)}",
-    ]
-    if password_file is None:
-        lines.append(f"  endpoint for VMs: {endpoint.redacted()} (password: http.password in the config)")
-    else:
-        lines += [
-            f"  admin password: kept in {password_file}",
-            "",
-            "Registry block for micro_bosh.yml (cloud.properties) or your CPI config:",
-            "",
-            "registry:",
-            f"  endpoint: {endpoint.url()}",
-            f"  user: {config.http.user}",
-            f"  password: {config.http.password}",
-        ]
-    if _is_loopback(listening.advertised_host):
-        lines += [
-            "",
-            f"warning: VMs cannot reach {listening.advertised_host}; serve on an address they "
-            "can reach (--host, http.host)",
-        ]
-    return "\n".join(lines)
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host.lower() == "localhost"
