@@ -42,8 +42,13 @@ _INSTANCE_ROUTES = {b"settings", b"credentials", b"events"}
 _METHODS = frozenset({"GET", "PUT", "DELETE", "POST", "HEAD"})
 
 
+_SETTINGS_ROUTE = "/instances/{id}/settings"
+
+
 def route_of(target: bytes) -> str:
     """The route template a request target falls under (never the instance id itself)."""
+    if target.endswith(b"/settings") and target.startswith(b"/instances/") and target.count(b"/") == 3:
+        return _SETTINGS_ROUTE  # nearly every request: decided without splitting
     path = target.split(b"?", 1)[0]
     if path.startswith(b"/instances/") and path.count(b"/") == 3:
         last = path.rsplit(b"/", 1)[1]
@@ -92,7 +97,7 @@ class ProcessMetrics:
 
     def __init__(self, directory: Path | None) -> None:
         self.directory = directory
-        self.requests: dict[tuple[str, str, str, str], int] = {}
+        self.requests: dict[tuple[str, str, int, str], int] = {}
         self.durations: dict[str, Histogram] = {}
         self.store_durations: dict[str, Histogram] = {}
         self.store_errors: dict[str, int] = {}
@@ -107,12 +112,14 @@ class ProcessMetrics:
     def request(self, method: str, target: bytes, status: int, credential: str, seconds: float) -> None:
         """One answered request (called by the HTTP front after the answer went out)."""
         route = route_of(target)
-        key = (route, method if method in _METHODS else "other", str(status), credential)
-        self.requests[key] = self.requests.get(key, 0) + 1
+        key = (route, method if method in _METHODS else "other", status, credential)
+        requests = self.requests
+        requests[key] = requests.get(key, 0) + 1
         histogram = self.durations.get(route)
         if histogram is None:
             histogram = self.durations[route] = Histogram(REQUEST_BUCKETS)
-        histogram.observe(seconds)
+        histogram.counts[bisect.bisect_left(histogram.bounds, seconds)] += 1
+        histogram.total += seconds
 
     def store_call(self, operation: str, seconds: float, *, failed: bool) -> None:
         with self._lock:
@@ -144,7 +151,10 @@ class ProcessMetrics:
         durations = {route: histogram.to_json() for route, histogram in list(self.durations.items())}
         return {
             "pid": os.getpid(),
-            "requests": [[*key, count] for key, count in requests.items()],
+            "requests": [
+                [route, method, str(status), credential, count]
+                for (route, method, status, credential), count in requests.items()
+            ],
             "durations": durations,
             "throttle_blocks": self.throttle_blocks,
             "gauges": self.gauges(),
