@@ -67,6 +67,15 @@ def test_unusable_endpoints_name_the_key_and_show_an_example(
     assert "b@" not in str(raised.value)
 
 
+@pytest.mark.parametrize("url", ["http://admin:s3cr/et@h:1", "http://admin:s3cr#et@h:1", "http://admin:s3cr?et@[::1:1"])
+def test_no_piece_of_a_password_is_shown_when_the_url_cannot_be_parsed(url: str) -> None:
+    with pytest.raises(EndpointError) as raised:
+        parse_endpoint(url)
+    said = str(raised.value)
+    assert "s3cr" not in said  # the parser took a piece of the password for the port or the host
+    assert "%2F, %23, %3F" in said
+
+
 def test_credentials_can_be_optional() -> None:
     assert not parse_endpoint("http://h:1", require_credentials=False).has_credentials
 

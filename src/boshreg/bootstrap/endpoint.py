@@ -81,6 +81,11 @@ class Endpoint:
         return f"Endpoint({self.redacted()!r})"
 
 
+_UNPARSABLE_WITH_CREDENTIALS = (
+    "a '/', '#' or '?' in the password must be written %2F, %23, %3F; an IPv6 host goes in [brackets]"
+)
+
+
 def parse_endpoint(
     url: str | None,
     user: str | None = None,
@@ -100,8 +105,11 @@ def parse_endpoint(
         parts = urlsplit(text)
         port = parts.port
     except ValueError as exc:
+        # The parser's own words quote what it took for a port or a host, which may be a piece of the
+        # password (a '/', '#' or '?' in it ends the host part early): they are shown only without one.
+        reason = str(exc) if "@" not in text else _UNPARSABLE_WITH_CREDENTIALS
         raise EndpointError(
-            f"{key} is not a valid URL ({redact_url(text)}: {exc})", f"write it as {_EXAMPLE}"
+            f"{key} is not a valid URL ({redact_url(text)}: {reason})", f"write it as {_EXAMPLE}"
         ) from None
     scheme = parts.scheme.lower()
     if scheme not in DEFAULT_PORTS:
