@@ -158,7 +158,9 @@ def local_endpoint(data_dir: Path) -> Endpoint | None:
 def record_port(data_dir: Path, port: int) -> None:
     """Note the port a zero-config registry serves on, for the client commands of this host."""
     partial = data_dir / (PORT_FILE + ".tmp")
-    partial.write_text(f"{port}\n")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # private, as every file here
+    with os.fdopen(fd, "w") as out:
+        out.write(f"{port}\n")
     partial.replace(data_dir / PORT_FILE)
 
 
