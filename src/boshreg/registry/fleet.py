@@ -19,7 +19,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, delete, func, insert, literal, literal_column, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Integer,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal,
+    literal_column,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.sql import ColumnElement, case
 from sqlalchemy.sql.dml import Insert
@@ -93,103 +106,141 @@ def changes_of(events: Iterable[Event]) -> dict[str, Change]:
 def apply_changes(conn: Connection, changes: dict[str, Change]) -> None:
     """Write merged changes to ``registry_fleet`` inside the caller's transaction.
 
-    Rows are visited in id order (every writer locks them in the same order), and reads update a row that
-    exists without first trying to insert it: an insert that finds the row takes a shared lock on it,
-    and two writers holding one each and both wanting to update it deadlock (InnoDB did, under load).
+    A few statements, each compiled once and run for the whole batch (executemany): one statement built
+    per instance cost ~0.3 ms of the writer thread's time, and at a storm's 4,000 instances a second that
+    starved the event loop of the GIL. Rows go in id order (every writer locks them in the same order),
+    and reads update rows that exist; only instances without a row get one inserted first (an insert that
+    finds the row takes a shared lock on it, and two writers holding one each deadlocked in InnoDB).
     """
-    for instance_id, change in sorted(changes.items()):
-        if change.deleted:
-            conn.execute(delete(registry_fleet).where(_F.instance_id == instance_id))
-        if change.last_written is not None:
-            conn.execute(_upsert_written(conn, instance_id, change))
-        if change.reads or change.refusals:
-            counted = update(registry_fleet).where(_F.instance_id == instance_id).ordered_values(*_read_updates(change))
-            if conn.execute(counted).rowcount == 0:
-                conn.execute(_ensure_row(conn, instance_id))
-                conn.execute(counted)
+    ordered = sorted(changes.items())
+    deleted = [{"p_id": i} for i, c in ordered if c.deleted]
+    if deleted:
+        conn.execute(_DELETE, deleted)
+    written = [_written_row(i, c) for i, c in ordered if c.last_written is not None]
+    if written:
+        conn.execute(_upsert_written(conn.dialect.name), written)
+    counted = [i for i, c in ordered if c.reads or c.refusals]
+    if counted:
+        present = _present(conn, counted)
+        missing = [{"p_id": i} for i in counted if i not in present]
+        if missing:
+            conn.execute(_ensure_row(conn.dialect.name), missing)
+    reads = [_read_row(i, c) for i, c in ordered if c.reads]
+    if reads:
+        conn.execute(_READS, reads)
+    refusals = [_refusal_row(i, c) for i, c in ordered if c.refusals]
+    if refusals:
+        conn.execute(_REFUSALS, refusals)
 
 
-def _upsert_written(conn: Connection, instance_id: str, change: Change) -> Insert:
-    assert change.first_written is not None
-    assert change.last_written is not None
-    newer = _later(_F.changed_at, change.last_written)
-    values = {
-        "instance_id": instance_id,
-        "stored_at": change.first_written,
-        "changed_at": change.last_written,
-        "size": change.size,
-        "reads": 0,
-        "refusals": 0,
-    }
-    # MySQL evaluates SET from left to right with the new values: size is decided before changed_at moves.
-    updates: list[tuple[Any, Any]] = [
-        (_F.size, case((newer, literal(change.size, _F.size.type)), else_=_F.size)),
-        (_F.changed_at, case((newer, literal(change.last_written, _F.changed_at.type)), else_=_F.changed_at)),
-        (_F.stored_at, case((_F.stored_at.is_(None), literal(change.first_written, _F.stored_at.type)),
-                            else_=_F.stored_at)),
-    ]  # fmt: skip
-    dialect = conn.dialect.name
+def _present(conn: Connection, instance_ids: list[str]) -> set[str]:
+    found: set[str] = set()
+    for start in range(0, len(instance_ids), 500):
+        chunk = instance_ids[start : start + 500]
+        found.update(conn.execute(select(_F.instance_id).where(_F.instance_id.in_(chunk))).scalars())
+    return found
+
+
+def _param(name: str, column: Any) -> Any:
+    return bindparam(name, type_=column.type)
+
+
+def _newer(column: Any, value: Any, *, inclusive: bool) -> ColumnElement[bool]:
+    """The stored time is missing or older than ``value``."""
+    return or_(column.is_(None), column <= value if inclusive else column < value)
+
+
+_DELETE = delete(registry_fleet).where(_F.instance_id == bindparam("p_id"))
+
+# MySQL evaluates SET from left to right with the new values: who and what before when.
+_READ_NEWER = _newer(_F.last_read_at, _param("p_last_read", _F.last_read_at), inclusive=True)
+_READ_EARLIER = or_(_F.first_read_at.is_(None), _F.first_read_at > _param("p_first_read", _F.first_read_at))
+_READS = (
+    update(registry_fleet)
+    .where(_F.instance_id == bindparam("p_id"))
+    .ordered_values(
+        (_F.last_read_client, case((_READ_NEWER, _param("p_client", _F.last_read_client)), else_=_F.last_read_client)),
+        (_F.last_read_credential,
+         case((_READ_NEWER, _param("p_credential", _F.last_read_credential)), else_=_F.last_read_credential)),
+        (_F.first_read_at, case((_READ_EARLIER, _param("p_first_read", _F.first_read_at)), else_=_F.first_read_at)),
+        (_F.last_read_at, case((_READ_NEWER, _param("p_last_read", _F.last_read_at)), else_=_F.last_read_at)),
+        (_F.reads, _F.reads + bindparam("p_reads", type_=Integer)),
+    )
+)  # fmt: skip
+_REFUSAL_NEWER = _newer(_F.last_refusal_at, _param("p_last_refusal", _F.last_refusal_at), inclusive=True)
+_REFUSALS = (
+    update(registry_fleet)
+    .where(_F.instance_id == bindparam("p_id"))
+    .ordered_values(
+        (_F.last_refusal_status,
+         case((_REFUSAL_NEWER, _param("p_status", _F.last_refusal_status)), else_=_F.last_refusal_status)),
+        (_F.last_refusal_outcome,
+         case((_REFUSAL_NEWER, _param("p_outcome", _F.last_refusal_outcome)), else_=_F.last_refusal_outcome)),
+        (_F.last_refusal_client,
+         case((_REFUSAL_NEWER, _param("p_refusal_client", _F.last_refusal_client)), else_=_F.last_refusal_client)),
+        (_F.last_refusal_at,
+         case((_REFUSAL_NEWER, _param("p_last_refusal", _F.last_refusal_at)), else_=_F.last_refusal_at)),
+        (_F.refusals, _F.refusals + bindparam("p_refusals", type_=Integer)),
+    )
+)  # fmt: skip
+
+
+def _read_row(instance_id: str, change: Change) -> dict[str, Any]:
+    return {"p_id": instance_id, "p_client": change.read_client[:64], "p_credential": change.read_credential[:16],
+            "p_first_read": change.first_read, "p_last_read": change.last_read, "p_reads": change.reads}  # fmt: skip
+
+
+def _refusal_row(instance_id: str, change: Change) -> dict[str, Any]:
+    return {"p_id": instance_id, "p_status": change.refusal_status, "p_outcome": change.refusal_outcome[:32],
+            "p_refusal_client": change.refusal_client[:64], "p_last_refusal": change.last_refusal,
+            "p_refusals": change.refusals}  # fmt: skip
+
+
+def _written_row(instance_id: str, change: Change) -> dict[str, Any]:
+    return {"instance_id": instance_id, "stored_at": change.first_written, "changed_at": change.last_written,
+            "size": change.size, "reads": 0, "refusals": 0}  # fmt: skip
+
+
+def _upsert_written(dialect: str) -> Insert:
+    """Create the row, or move its changed time and size forward (never back: writers' batches may cross)."""
     if dialect in ("mysql", "mariadb"):
-        # By name: MySQL's ON DUPLICATE KEY UPDATE takes (name, value) pairs, in the order given.
-        by_name = [(column.name, value) for column, value in updates]
-        upsert: Insert = mysql.insert(registry_fleet).values(values).on_duplicate_key_update(by_name)
+        statement = mysql.insert(registry_fleet)
+        new = statement.inserted
+        newer = _newer(_F.changed_at, new.changed_at, inclusive=False)
+        # By name, in this order: MySQL's ON DUPLICATE KEY UPDATE sees the values it already set.
+        upsert: Insert = statement.on_duplicate_key_update(
+            [
+                ("size", case((newer, new.size), else_=_F.size)),
+                ("changed_at", case((newer, new.changed_at), else_=_F.changed_at)),
+                ("stored_at", func.coalesce(_F.stored_at, new.stored_at)),
+            ]
+        )
         return upsert
-    dialect_insert = (postgresql if dialect == "postgresql" else sqlite).insert(registry_fleet).values(values)
+    dialect_insert = (postgresql if dialect == "postgresql" else sqlite).insert(registry_fleet)
+    excluded = dialect_insert.excluded
+    newer = _newer(_F.changed_at, excluded.changed_at, inclusive=False)
     merged: Insert = dialect_insert.on_conflict_do_update(
-        index_elements=[_F.instance_id], set_={column.name: value for column, value in updates}
+        index_elements=[_F.instance_id],
+        set_={
+            "size": case((newer, excluded.size), else_=_F.size),
+            "changed_at": case((newer, excluded.changed_at), else_=_F.changed_at),
+            "stored_at": func.coalesce(_F.stored_at, excluded.stored_at),
+        },
     )
     return merged
 
 
-def _ensure_row(conn: Connection, instance_id: str) -> Insert:
+def _ensure_row(dialect: str) -> Insert:
     """A row for an instance that is stored (by us or by the original registry) and has none yet."""
     stored = select(registry_instances.c.instance_id, literal(0), literal(0)).where(
-        registry_instances.c.instance_id == instance_id
+        registry_instances.c.instance_id == bindparam("p_id")
     )
     columns = ["instance_id", "reads", "refusals"]
-    dialect = conn.dialect.name
     if dialect in ("mysql", "mariadb"):
         return insert(registry_fleet).prefix_with("IGNORE").from_select(columns, stored)
     dialect_insert = (postgresql if dialect == "postgresql" else sqlite).insert(registry_fleet)
     ignore: Insert = dialect_insert.from_select(columns, stored).on_conflict_do_nothing()
     return ignore
-
-
-def _read_updates(change: Change) -> list[tuple[Any, Any]]:
-    """Commutative SET clauses for the reads and refusals, ordered for MySQL (who, then when)."""
-    updates: list[tuple[Any, Any]] = []
-    if change.reads:
-        assert change.first_read is not None
-        assert change.last_read is not None
-        newer = _later(_F.last_read_at, change.last_read, inclusive=True)
-        updates += [
-            (_F.last_read_client, case((newer, literal(change.read_client[:64])), else_=_F.last_read_client)),
-            (_F.last_read_credential, case((newer, literal(change.read_credential[:16])),
-                                           else_=_F.last_read_credential)),
-            (_F.first_read_at, case((_F.first_read_at.is_(None) | (_F.first_read_at > change.first_read),
-                                     literal(change.first_read, _F.first_read_at.type)), else_=_F.first_read_at)),
-            (_F.last_read_at, case((newer, literal(change.last_read, _F.last_read_at.type)), else_=_F.last_read_at)),
-            (_F.reads, _F.reads + change.reads),
-        ]  # fmt: skip
-    if change.refusals:
-        assert change.last_refusal is not None
-        newer = _later(_F.last_refusal_at, change.last_refusal, inclusive=True)
-        updates += [
-            (_F.last_refusal_status, case((newer, literal(change.refusal_status)), else_=_F.last_refusal_status)),
-            (_F.last_refusal_outcome, case((newer, literal(change.refusal_outcome[:32])),
-                                           else_=_F.last_refusal_outcome)),
-            (_F.last_refusal_client, case((newer, literal(change.refusal_client[:64])),
-                                          else_=_F.last_refusal_client)),
-            (_F.last_refusal_at, case((newer, literal(change.last_refusal, _F.last_refusal_at.type)),
-                                      else_=_F.last_refusal_at)),
-            (_F.refusals, _F.refusals + change.refusals),
-        ]  # fmt: skip
-    return updates
-
-
-def _later(column: Any, when: datetime, *, inclusive: bool = False) -> ColumnElement[bool]:
-    """The stored time is missing or older than ``when``."""
-    return column.is_(None) | ((column <= when) if inclusive else (column < when))  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
