@@ -234,7 +234,11 @@ class RegistryApi:
         _identity, refusal = await self._authorize(request, "", "metrics")
         if refusal is not None:
             return refusal
-        database = await anyio.to_thread.run_sync(self._database_gauges, limiter=self.limiter)
+        started = time.perf_counter()
+        try:  # bounded by http.request_timeout, as every database call: a hung database is a 0, not a hung scrape
+            database = await self._run(self._database_gauges)
+        except StoreUnavailable:
+            database = DatabaseGauges(False, time.perf_counter() - started, None, {})
         body = render(snapshots(self.metrics.directory, self.metrics), database)
         return Response(body, media_type=CONTENT_TYPE)
 
