@@ -49,7 +49,7 @@ faults: $(STAMP) databases
 databases:
 	@bash scripts/ensure-databases.sh
 
-## Install the Debian tools the tests use (genisoimage, iproute2, promtool) when missing, as root.
+## Install the Debian tools the tests use (genisoimage, iproute2, promtool, chromium, systemd-analyze) when missing, as root.
 tools:
 	@bash scripts/ensure-tools.sh
 
