@@ -97,6 +97,13 @@ cacert_option = click.option(
     help="CA certificate for an https registry. [env: BOSHREG_CACERT]",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+cloud_option = click.option(
+    "--cloud",
+    type=click.Choice(CLOUDS),
+    default="openstack",
+    show_default=True,
+    help="Whose size limit applies: nova's 65,535 base64 characters, or EC2's 16 KiB.",
+)
 agent_config_option = click.option(
     "--agent-config",
     type=click.Path(dir_okay=False),
@@ -418,8 +425,7 @@ def export_command(config_file: Path | None, data_dir: Path, output: Path | None
       boshreg export --data-dir .boshreg | gzip > registry.jsonl.gz
     """
     config, where = _registry_database(config_file, data_dir)
-    if output is not None and not output.parent.is_dir():
-        raise CliError(f"-o {output}: the directory {output.parent} does not exist; create it first")
+    _check_output_directory(output)
     records = read_database(config, where, lambda engine: list(export_records(engine)))
     lines = [header_line(), *(record.to_line() for record in records)]
     text = "".join(line + "\n" for line in lines)
@@ -499,8 +505,7 @@ def service_unit_command(
     found = executable or (Path(which) if (which := shutil.which("boshreg")) else None)
     if found is None:
         raise CliError("boshreg is not on the PATH here; give --executable /path/to/boshreg")
-    if output is not None and not output.parent.is_dir():
-        raise CliError(f"-o {output}: the directory {output.parent} does not exist; create it first")
+    _check_output_directory(output)
     options = UnitOptions(found.resolve(), config_file.resolve() if config_file else None, user, port)
     text = render_unit(options)
     if output is None:
@@ -712,13 +717,7 @@ def userdata_group() -> None:
     help="metadata: user_data only; config-drive: also a drive (the agent reads it first); legacy: also the "
     "old CPI's personality file.",
 )
-@click.option(
-    "--cloud",
-    type=click.Choice(CLOUDS),
-    default="openstack",
-    show_default=True,
-    help="Whose size limit applies: nova's 65,535 base64 characters, or EC2's 16 KiB.",
-)
+@cloud_option
 @json_option
 @click.pass_context
 def userdata_render(
@@ -752,9 +751,7 @@ def userdata_render(
         raise CliError("give --endpoint (registry mode) or --settings (registry-less), or both")
     endpoint = parse_endpoint(endpoint_url, user, password, key="--endpoint") if endpoint_url else None
     settings = decode_user_data(settings_file.read(), f"--settings {settings_file.name}") if settings_file else None
-    for server in dns:
-        if not is_ip_address(server):
-            raise CliError(f"--dns {server!r} is not an IP address")
+    _check_dns(dns)
     secret = instance_secret_file.read().strip() if instance_secret_file else None
     if generation and secret is None:
         raise CliError("--generation needs --instance-secret-file (without it the registry is asked, and knows)")
@@ -805,13 +802,7 @@ def userdata_render(
 @ask_registry_option
 @click.option("--name", help="The VM's server name (server.name). Default: INSTANCE_ID.")
 @click.option("--dns", multiple=True, help="A DNS server for dns.nameserver (repeatable; default: the settings').")
-@click.option(
-    "--cloud",
-    type=click.Choice(CLOUDS),
-    default="openstack",
-    show_default=True,
-    help="Whose size limit applies: nova's 65,535 base64 characters, or EC2's 16 KiB.",
-)
+@cloud_option
 @click.option(
     "-o",
     "--output",
@@ -844,11 +835,8 @@ def userdata_from_registry(
       boshreg userdata from-registry vm-3f1c --config registry.yml -o user_data.json
       boshreg userdata from-registry i-0abc --endpoint http://admin:PASSWORD@10.0.0.5:25777 --cloud aws --json
     """
-    if output is not None and not output.parent.is_dir():
-        raise CliError(f"-o {output}: the directory {output.parent} does not exist; create it first")
-    for server in dns:
-        if not is_ip_address(server):
-            raise CliError(f"--dns {server!r} is not an IP address")
+    _check_output_directory(output)
+    _check_dns(dns)
     if endpoint_url:
         with RegistryClient(parse_endpoint(endpoint_url, key="--endpoint"), timeout=timeout, cacert=cacert) as client:
             text, where = client.get_settings(instance_id), "the registry"
@@ -1038,8 +1026,7 @@ def testcloud_config_drive(
                        "(or --empty to build one on purpose)")  # fmt: skip
     if user_data_file is not None and empty:
         raise CliError("--empty and --user-data contradict each other; give one")
-    if not output.parent.is_dir():
-        raise CliError(f"-o {output}: the directory {output.parent} does not exist; create it first")
+    _check_output_directory(output)
     meta = default_meta_data(name, public_key_file.read() if public_key_file else None)
     if meta_data_file is not None:
         meta = decode_user_data(meta_data_file.read(), f"--meta-data {meta_data_file.name}")
@@ -1265,6 +1252,18 @@ def _registry_database(config_file: Path | None, data_dir: Path) -> tuple[Regist
     if config_file is not None:
         return load_config(config_file), str(config_file)
     return zero_config_for_reading(data_dir), f"database in {data_dir}"
+
+
+def _check_output_directory(output: Path | None) -> None:
+    """Refuse -o into a directory that is not there, before any work is done."""
+    if output is not None and not output.parent.is_dir():
+        raise CliError(f"-o {output}: the directory {output.parent} does not exist; create it first")
+
+
+def _check_dns(servers: tuple[str, ...]) -> None:
+    for server in servers:
+        if not is_ip_address(server):
+            raise CliError(f"--dns {server!r} is not an IP address")
 
 
 def _print_json(document: object) -> None:

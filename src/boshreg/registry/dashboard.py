@@ -130,7 +130,8 @@ class InstancePage:
 
 def instance_page(engine: Engine, instance_id: str, *, agent_wait: float, now: datetime) -> InstancePage:
     """One instance: its fleet row, its recent audit events and `boshreg why`'s diagnosis of the registry side."""
-    entry = next((e for e in query_fleet(engine, now=now, agent_wait=agent_wait) if e.instance_id == instance_id), None)
+    found = query_fleet(engine, now=now, agent_wait=agent_wait, instance_id=instance_id)
+    entry = found[0] if found else None
     events = query_events(engine, instance_id=instance_id, limit=EVENTS_SHOWN)
     stored = SettingsStore(engine).get(instance_id) is not None
     diagnosis = diagnose(RegistrySide(instance_id, stored, tuple(events), "this registry"), now=now)

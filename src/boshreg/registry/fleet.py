@@ -286,9 +286,14 @@ def classify(row: dict[str, Any], now: datetime, agent_wait: float) -> tuple[Sta
 
 
 def query_fleet(
-    engine: Engine, *, now: datetime | None = None, agent_wait: float = AGENT_WAIT_SECONDS, limit: int | None = None
+    engine: Engine,
+    *,
+    now: datetime | None = None,
+    agent_wait: float = AGENT_WAIT_SECONDS,
+    limit: int | None = None,
+    instance_id: str | None = None,
 ) -> list[FleetEntry]:
-    """Every stored instance, by id, with what the fleet table knows of it."""
+    """Every stored instance (or the one named), by id, with what the fleet table knows of it."""
     now = now or datetime.now(UTC)
     statement = (
         select(registry_instances.c.instance_id, *[c for c in registry_fleet.c if c.name != "instance_id"])
@@ -296,6 +301,8 @@ def query_fleet(
         .order_by(registry_instances.c.instance_id)
         .limit(limit)
     )
+    if instance_id is not None:
+        statement = statement.where(registry_instances.c.instance_id == instance_id)
     with engine.connect() as conn:
         rows = conn.execute(statement).mappings().all()
     entries = []
