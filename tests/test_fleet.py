@@ -226,6 +226,36 @@ def test_a_fleet_update_the_database_refuses_loses_no_audit_event(
     store.close()
 
 
+def test_a_fault_in_the_fleet_update_neither_loses_events_nor_stops_the_writer(
+    database_url: URL, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from sqlalchemy import create_engine
+
+    from boshreg.registry import audit as audit_module
+    from boshreg.registry.audit import AuditLog, query_events
+    from boshreg.registry.store import SettingsStore
+
+    store = SettingsStore(create_engine(database_url))
+    store.ensure_schema()
+    trail = AuditLog(store.engine, max_age=timedelta(days=1), max_rows=1000).start()
+
+    def broken(_conn: object, _changes: object) -> None:
+        raise KeyError("p_param")  # a bug of ours, not a database's refusal
+
+    monkeypatch.setattr(audit_module, "apply_changes", broken)
+    trail.record("write", "vm-1", "10.0.0.1", "admin", 200, "ok", size=10)
+    deadline = time.monotonic() + WAIT_SECONDS
+    while len(query_events(store.engine)) < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    trail.record("write", "vm-2", "10.0.0.1", "admin", 200, "ok", size=10)
+    while len(query_events(store.engine)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    trail.stop()
+    assert sorted(event.instance_id for event in query_events(store.engine)) == ["vm-1", "vm-2"]
+    assert "KeyError" in caplog.text  # with its traceback, for whoever reads the log
+    store.close()
+
+
 def test_states_are_coloured_on_a_terminal_unless_no_color(start_registry: RegistryLauncher, tmp_path: Path) -> None:
     registry = start_registry()
     put(registry, "vm-colour")

@@ -139,24 +139,22 @@ class RegistryApi:
         self.cache = answer_cache(config, store)
 
     def fast_read(self, raw_id: str, header: str | None, client: str) -> tuple[bytes, str] | None:
-        """The answer to a settings read from memory alone, or None when it needs the full path.
+        """The answer to a settings read without the ASGI app, or None when it needs the full path.
 
-        Everything here is a lookup: the cached answer, the identity this header proved before, the
-        throttle, the access policy. Whatever is not known (a new header, a refused one, an address
-        check, an instance not cached) goes the full way through ``settings``. The answer comes with the
-        kind of credential that read it (for the metrics).
+        A lookup first: the cached answer, the identity this header proved before, the throttle, the
+        access policy. On SQLite a miss is read here too, in line (a read by key takes microseconds and
+        never waits for a writer), and a header not seen before is checked here when that needs no bcrypt.
+        Whatever else (a refused or bcrypt header, an address check, an instance not stored, a database
+        error, another backend's miss) goes the full way through ``settings``, which also says why. The
+        answer comes with the kind of credential that read it (for the metrics).
         """
         cache = self.cache
-        if cache is None:
+        answer = cache.get(raw_id) if cache is not None else None
+        if answer is None and not self.store.reads_inline:
             return None
-        answer = cache.get(raw_id)
-        if answer is None:
-            return None
-        identity = self.auth.known(header) if header is not None else ANONYMOUS
+        identity = self._quick_identity(header)
         if identity is None or self.throttle.retry_after(client, identity.user or "") is not None:
             return None
-        if identity.caller is Caller.INSTANCE and identity.generation != answer.generation:
-            return None  # a revoked credential: the full path says so
         access = decide(
             identity.caller,
             identity.user,
@@ -167,9 +165,51 @@ class RegistryApi:
         )
         if access.decision is not Decision.ALLOW:
             return None
+        if answer is None:
+            answer = self._read_inline(raw_id)
+            if answer is None:
+                return None
+        if identity.caller is Caller.INSTANCE and identity.generation != answer.generation:
+            return None  # a revoked credential: the full path says so
         if self.audit is not None:
             self.audit.record_read(raw_id, client, identity.caller.value)
         return answer.body, identity.caller.value
+
+    def _quick_identity(self, header: str | None) -> Identity | None:
+        """Who sends this header, when that is cheap to know and not a refusal; else None (the full path)."""
+        if header is None:
+            return ANONYMOUS
+        identity = self.auth.known(header)
+        if identity is not None:
+            return identity
+        presented = parse_basic(header)
+        if presented is None or self.auth.needs_hash_check_of(presented):
+            return None
+        identity = self.auth.identify_of(True, presented)
+        if identity.caller is Caller.REFUSED:
+            return None  # counted, throttled and answered by the full path
+        self.auth.remember(header, identity)
+        return identity
+
+    def _read_inline(self, raw_id: str) -> Answer | None:
+        """A stored instance's answer read on the loop (SQLite) and kept in the cache; None for anything else."""
+        if REGISTRY_KEY.fullmatch(raw_id) is None:
+            return None
+        cache = self.cache
+        version = cache.version() if cache is not None else (0, 0)
+        read_at = time.monotonic()
+        started = time.perf_counter()
+        try:
+            stored = self.store.get_inline(raw_id)
+        except StoreUnavailable:
+            return None  # the full path reads again and answers 503 with the cause
+        self.metrics.store_call("read", time.perf_counter() - started, failed=False)
+        if stored.settings is None:
+            return None
+        answer = Answer(settings_answer(stored.settings), stored.generation)
+        if cache is not None:
+            cache.put(raw_id, answer, version, read_at)
+        return answer
 
     def close(self) -> None:
         """Let go of the cache's shared files."""

@@ -14,6 +14,7 @@ succeeded), ``failing`` (its last read was refused; the cause says how).
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -38,6 +39,7 @@ from sqlalchemy.sql import ColumnElement, case
 from sqlalchemy.sql.dml import Insert
 
 from boshreg.bootstrap.registry_key import REGISTRY_KEY
+from boshreg.registry.driver_sql import driver_statement
 from boshreg.registry.tables import registry_fleet, registry_instances
 
 if TYPE_CHECKING:  # the trail imports this module to keep the table in its transaction
@@ -113,24 +115,17 @@ def apply_changes(conn: Connection, changes: dict[str, Change]) -> None:
     finds the row takes a shared lock on it, and two writers holding one each deadlocked in InnoDB).
     """
     ordered = sorted(changes.items())
-    deleted = [{"p_id": i} for i, c in ordered if c.deleted]
-    if deleted:
-        conn.execute(_DELETE, deleted)
+    dialect = conn.dialect
+    driver_statement(_DELETE, dialect).run_many(conn, [{"p_id": i} for i, c in ordered if c.deleted])
     written = [_written_row(i, c) for i, c in ordered if c.last_written is not None]
-    if written:
-        conn.execute(_upsert_written(conn.dialect.name), written)
+    driver_statement(_upsert_written(dialect.name), dialect, _WRITTEN_COLUMNS).run_many(conn, written)
     counted = [i for i, c in ordered if c.reads or c.refusals]
     if counted:
         present = _present(conn, counted)
         missing = [{"p_id": i} for i in counted if i not in present]
-        if missing:
-            conn.execute(_ensure_row(conn.dialect.name), missing)
-    reads = [_read_row(i, c) for i, c in ordered if c.reads]
-    if reads:
-        conn.execute(_READS, reads)
-    refusals = [_refusal_row(i, c) for i, c in ordered if c.refusals]
-    if refusals:
-        conn.execute(_REFUSALS, refusals)
+        driver_statement(_ensure_row(dialect.name), dialect).run_many(conn, missing)
+    driver_statement(_READS, dialect).run_many(conn, [_read_row(i, c) for i, c in ordered if c.reads])
+    driver_statement(_REFUSALS, dialect).run_many(conn, [_refusal_row(i, c) for i, c in ordered if c.refusals])
 
 
 def _present(conn: Connection, instance_ids: list[str]) -> set[str]:
@@ -201,6 +196,10 @@ def _written_row(instance_id: str, change: Change) -> dict[str, Any]:
             "size": change.size, "reads": 0, "refusals": 0}  # fmt: skip
 
 
+_WRITTEN_COLUMNS = ("instance_id", "stored_at", "changed_at", "size", "reads", "refusals")  # _written_row's keys
+
+
+@functools.cache  # one statement per dialect: driver_statement keeps its compiled form
 def _upsert_written(dialect: str) -> Insert:
     """Create the row, or move its changed time and size forward (never back: writers' batches may cross)."""
     if dialect in ("mysql", "mariadb"):
@@ -230,9 +229,11 @@ def _upsert_written(dialect: str) -> Insert:
     return merged
 
 
+@functools.cache
 def _ensure_row(dialect: str) -> Insert:
     """A row for an instance that is stored (by us or by the original registry) and has none yet."""
-    stored = select(registry_instances.c.instance_id, literal(0), literal(0)).where(
+    # The zeros as SQL text, not parameters: the statement runs with its rows' p_id alone (driver_sql).
+    stored = select(registry_instances.c.instance_id, literal_column("0"), literal_column("0")).where(
         registry_instances.c.instance_id == bindparam("p_id")
     )
     columns = ["instance_id", "reads", "refusals"]

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -62,24 +62,62 @@ class Listening:
     sock: socket.socket
     port: int
     advertised_host: str
+    shared: bool = False  # SO_REUSEPORT: each worker process listens on a socket of its own (``own_socket``)
 
 
-def bind(host: str, port: int) -> Listening:
-    """Bind the registry's listening socket, or raise ServeError naming http.host / http.port."""
+def bind(host: str, port: int, *, workers: int = 1) -> Listening:
+    """Bind the registry's listening socket, or raise ServeError naming http.host / http.port.
+
+    With several workers the socket is one of a SO_REUSEPORT group: each worker then binds its own and
+    the kernel spreads new connections evenly. One socket shared by all was accepted from by whichever
+    process woke first: at 64 connections every one went to the same worker, and the other idled.
+    """
+    shared = workers > 1 and hasattr(socket, "SO_REUSEPORT")
     try:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        # IPPROTO_TCP named, not left 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets that say
-        # they are TCP, and with Nagle on, each response's body waited for the client's delayed ACK (~40 ms).
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(LISTEN_BACKLOG)
+        if shared and port != 0:
+            _listening_socket(host, port, reuse_port=False).close()  # in use (by another registry too): say so
+        sock = _listening_socket(host, port, reuse_port=shared)
     except OSError as exc:
         raise ServeError(
             f"cannot listen on {host}:{port}: {exc.strerror}; choose another http.port (--port) or http.host (--host)"
         ) from None
+    return Listening(sock=sock, port=sock.getsockname()[1], advertised_host=advertised_host(host), shared=shared)
+
+
+def own_socket(listening: Listening) -> Listening:
+    """In a worker: a socket of its own in the parent's SO_REUSEPORT group, instead of the inherited one.
+
+    The inherited socket is closed here, so it dies with the parent: a socket left in the group with no
+    process accepting from it would take its share of connections and never answer them.
+    """
+    if not listening.shared:
+        return listening
+    address = listening.sock.getsockname()
+    try:
+        sock = _listening_socket(str(address[0]), int(address[1]), reuse_port=True)
+    except OSError as exc:
+        log.warning("worker %d accepts on the shared socket (%s)", os.getpid(), exc.strerror)
+        return listening
+    listening.sock.close()
+    return replace(listening, sock=sock)
+
+
+def _listening_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP named, not left 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets that say
+    # they are TCP, and with Nagle on, each response's body waited for the client's delayed ACK (~40 ms).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
+    except OSError:
+        sock.close()
+        raise
     sock.setblocking(False)
-    return Listening(sock=sock, port=sock.getsockname()[1], advertised_host=advertised_host(host))
+    return sock
 
 
 def advertised_host(bound_host: str) -> str:
@@ -201,7 +239,7 @@ def _worker(
 ) -> int:
     _die_with(parent)
     try:
-        _serve_process(config, store, listening, caps, tls, metrics_dir)
+        _serve_process(config, store, own_socket(listening), caps, tls, metrics_dir)
     except Exception:
         log.exception("worker %d failed", os.getpid())
         return 1

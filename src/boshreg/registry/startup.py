@@ -17,7 +17,7 @@ from boshreg.registry.datadir import (
     with_instance_secret,
     zero_config,
 )
-from boshreg.registry.server import Listening, bind, open_store
+from boshreg.registry.server import Listening, bind, open_store, worker_count
 from boshreg.registry.store import SettingsStore
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def open_registry(
             "http.password is the well-known default; every VM's settings are readable by anyone "
             "who knows it. Set a generated one."
         )
-    listening = bind(config.http.host, config.http.port)
+    listening = bind(config.http.host, config.http.port, workers=worker_count(config))
     if password_file is not None:
         record_port(data_dir, listening.port)  # so that `boshreg settings` etc. find this registry's port
     return OpenRegistry(config, listening, open_store(config), data_dir, password_file)

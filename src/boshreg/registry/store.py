@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 from sqlalchemy import Connection, Engine, PoolProxiedConnection, bindparam, delete, inspect, select, text, update
@@ -30,6 +30,7 @@ from sqlalchemy.sql.dml import Insert
 from boshreg.bootstrap.endpoint import redact_url
 from boshreg.errors import BoshregError
 from boshreg.registry.cache import CHANNEL
+from boshreg.registry.driver_sql import DriverStatement
 from boshreg.registry.group_commit import GroupCommit
 from boshreg.registry.tables import metadata, registry_credentials, registry_events, registry_instances
 
@@ -144,6 +145,9 @@ class SettingsStore:
             SqliteWriters(engine.url.database) if engine.dialect.name == "sqlite" else contextlib.nullcontext()
         )
         self._commits = GroupCommit(engine, self.writer)  # one commit (one disk flush) for writes that queued
+        self._upsert_settings = DriverStatement(
+            _upsert(engine.dialect.name), engine.dialect
+        )  # compiled once: see driver_sql
         compiled = _READ.compile(dialect=engine.dialect)
         self._read_sql = str(compiled)
         self._read_arity = len(compiled.positiontup or ())  # positional drivers get the id once per mention
@@ -256,7 +260,7 @@ class SettingsStore:
         def write(conn: Connection) -> None:
             self._notify(conn, instance_id)
             if self._unique_instance_id:
-                conn.execute(self._upsert(instance_id, settings))
+                self._upsert_settings.run(conn, {"instance_id": instance_id, "settings": settings})
                 return
             changed = conn.execute(
                 update(registry_instances)
@@ -360,19 +364,6 @@ class SettingsStore:
             connection, self._inline = self._inline, None
             connection.invalidate()  # never back into the pool: it may be broken, or opened before a fork
 
-    def _upsert(self, instance_id: str, settings: str) -> Insert:
-        values = {"instance_id": instance_id, "settings": settings}
-        dialect = self.engine.dialect.name
-        if dialect in ("mysql", "mariadb"):
-            mysql_insert = mysql.insert(registry_instances).values(values)
-            return mysql_insert.on_duplicate_key_update(settings=mysql_insert.inserted.settings)
-        key = [registry_instances.c.instance_id]
-        if dialect == "postgresql":
-            pg_insert = postgresql.insert(registry_instances).values(values)
-            return pg_insert.on_conflict_do_update(index_elements=key, set_={"settings": pg_insert.excluded.settings})
-        lite_insert = sqlite.insert(registry_instances).values(values)
-        return lite_insert.on_conflict_do_update(index_elements=key, set_={"settings": lite_insert.excluded.settings})
-
     def _add_missing_event_columns(self) -> None:
         """Our own table grows with boshreg: add its newer nullable columns to one an older version made."""
         present = {column["name"] for column in inspect(self.engine).get_columns("registry_events")}
@@ -418,6 +409,20 @@ class SettingsStore:
             if exc.connection_invalidated:
                 raise StoreUnavailable(f"database connection lost ({self.database}): {_cause(exc)}") from None
             raise
+
+
+def _upsert(dialect: str) -> Insert:
+    """Create or replace one instance's settings (parameters ``instance_id``, ``settings``) in this dialect."""
+    values: dict[str, Any] = {"instance_id": bindparam("instance_id"), "settings": bindparam("settings")}
+    if dialect in ("mysql", "mariadb"):
+        mysql_insert = mysql.insert(registry_instances).values(values)
+        return mysql_insert.on_duplicate_key_update(settings=mysql_insert.inserted.settings)
+    key = [registry_instances.c.instance_id]
+    if dialect == "postgresql":
+        pg_insert = postgresql.insert(registry_instances).values(values)
+        return pg_insert.on_conflict_do_update(index_elements=key, set_={"settings": pg_insert.excluded.settings})
+    lite_insert = sqlite.insert(registry_instances).values(values)
+    return lite_insert.on_conflict_do_update(index_elements=key, set_={"settings": lite_insert.excluded.settings})
 
 
 def pool_size(engine: Engine) -> int:
