@@ -3,7 +3,7 @@
 In one run: nginx first (64 and 256 connections); on SQLite with 100,000 stored instances of 4 KiB, the
 hot GET (2,000 instances read at random, each with its VM's own credential) on each candidate stack
 (``candidate.py``), PUT with 16 writers, the cold GET (cache off, all 100,000); the same hot and cold GETs
-on PostgreSQL; GET at 1k, 100k and 1M stored (cache off); a boot storm of 10,000 VMs; nginx last. Ratios
+on PostgreSQL; GET at 1k, 100k and 1M stored (cache off) on both; a boot storm of 10,000 VMs; nginx last. Ratios
 are against the mean of the two nginx runs at the same connection count; their drift is reported.
 Writes bench/results.json. Environment: BENCH_SECONDS (10), BENCH_QUICK=1 (skip 1M, storm 1,000 VMs).
 """
@@ -297,6 +297,12 @@ def main() -> int:
             with registry(workdir, pg_url, cache_bytes=0) as (base, _pid):
                 print("postgres: cold GET (cache off) ...", flush=True)
                 results["cold_postgres"] = {"c256": reads(base, 256, cold)}
+            for count in SCALES:
+                print(f"postgres scaling: {count:,} instances (cache off) ...", flush=True)
+                load(pg_url, count)
+                with registry(workdir, pg_url, cache_bytes=0) as (base, pid), PeakRss(pid) as rss:
+                    results[f"scale_postgres_{count}"] = wrk(base, "get.lua", 256, count, seconds=min(SECONDS, 5))
+                results[f"scale_postgres_{count}"]["peak_rss_mib"] = round(rss.peak / 2**20, 1)
         for count in SCALES:
             url = URL.create("sqlite", database=str(workdir / f"scale-{count}.db"))
             print(f"scaling: {count:,} instances (cache off) ...", flush=True)
@@ -331,6 +337,10 @@ def add_ratios(results: dict[str, Any]) -> None:
             for conns, figures in value.items():
                 if conns in nginx_rate:
                     figures["ratio_to_nginx"] = round(figures["requests_per_s"] / nginx_rate[conns], 4)
+    for database, prefix in (("sqlite", "scale_"), ("postgres", "scale_postgres_")):
+        rates = [results[f"{prefix}{n}"]["requests_per_s"] for n in SCALES]
+        # How far the slowest size falls below the fastest: "flat within 10%" means below 0.10.
+        results.setdefault("scale_spread", {})[database] = round(1 - min(rates) / max(rates), 4)
 
 
 def table(results: dict[str, Any]) -> str:
@@ -369,18 +379,25 @@ def table(results: dict[str, Any]) -> str:
         row(label, results[key])
     for n in SCALES:
         row(f"GET, {n:,} stored (SQLite, cache off)", results[f"scale_{n}"], results[f"scale_{n}"]["peak_rss_mib"])
+    for n in SCALES:
+        scale = results[f"scale_postgres_{n}"]
+        row(f"GET, {n:,} stored (PostgreSQL, cache off)", scale, scale["peak_rss_mib"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)) for r in rows]
     boot = results["boot_storm"]
     storm_line = (
         f"boot storm: {boot['vms']:,} VMs, {boot['concurrency']} at a time: all resolved in {boot['seconds']:.1f} s "
         f"(CPI stored them in {boot['cpi_seconds']:.1f} s); per VM p50 {boot['per_vm_ms']['p50']:.1f} ms, "
-        f"p99 {boot['per_vm_ms']['p99']:.1f} ms; registry GET p99 {boot['registry_ms']['p99']:.1f} ms"
+        f"p99 {boot['per_vm_ms']['p99']:.1f} ms; registry GET p99 {boot['registry_ms']['p99']:.1f} ms; the "
+        f"registry's own CPU {boot['registry_cpu_boot']:.1f} s during the boots ({boot['registry_cpu_cpi']:.1f} s "
+        "during the CPI's PUTs)"
     )
     drift = ", ".join(f"{k} {v:+.1%}" for k, v in results["nginx_drift"].items())
+    spread = ", ".join(f"{k} {v:.1%}" for k, v in results["scale_spread"].items())
     return "\n".join(
         [f"{results['date']}  {results['machine']}", results["load"], f"nginx drift, last vs first: {drift}", "",
-         *lines, "", storm_line]
+         *lines, f"slowest size below the fastest, {', '.join(f'{n:,}' for n in SCALES)} stored: {spread}", "",
+         storm_line]
     )  # fmt: skip
 
 

@@ -25,7 +25,7 @@ from support.registry import ADMIN_PASSWORD, INSTANCE_SECRET, RegistryProcess, f
 
 ADMIN = ("admin", ADMIN_PASSWORD)
 SETTINGS = b'{"agent_id": "a-1"}'
-WAIT_SECONDS = 10  # the audit writer flushes every 0.5 s; this bounds a test's wait for it
+WAIT_SECONDS = 10  # the audit writer flushes every 0.5 s (counted reads every 2 s); this bounds a wait for it
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 AGENT_WAIT = 3  # seconds: the states test has this long after its last PUT to read the fleet
 
@@ -109,7 +109,7 @@ def get(registry: RegistryProcess, key: str, auth: tuple[str, str] | None) -> in
 def fleet(
     registry: RegistryProcess, tmp_path: Path, *extra: str, until: Callable[[dict[str, Any]], bool]
 ) -> dict[str, dict[str, Any]]:
-    """``boshreg fleet --json`` by instance, once ``until`` holds (the writer flushes every 0.5 s)."""
+    """``boshreg fleet --json`` by instance, once ``until`` holds (the writer flushes every 0.5 s, reads every 2 s)."""
     deadline = time.monotonic() + WAIT_SECONDS
     while True:
         result = boshreg("fleet", "--config", config_of(registry), "--json", *extra, cwd=tmp_path)
@@ -139,7 +139,13 @@ def test_each_state_an_operator_must_tell_apart(
     assert get_from(f"{registry.url}/instances/vm-ip/settings", "127.0.0.5")[0] == 500  # vm-x's address
     assert get(registry, "vm-made-up", ("admin", ADMIN_PASSWORD)) == 404  # not stored: never listed
 
-    rows = fleet(registry, tmp_path, "--agent-wait", str(AGENT_WAIT), until=lambda rows: rows["vm-ip"]["refusals"] == 1)
+    rows = fleet(
+        registry,
+        tmp_path,
+        "--agent-wait",
+        str(AGENT_WAIT),
+        until=lambda rows: rows["vm-ip"]["refusals"] == 1 and rows["vm-ok"]["reads"] == 1,
+    )
     states = {key: (row["state"], row["cause"]) for key, row in rows.items()}
     assert states == {
         "vm-old": ("never-read", ""),

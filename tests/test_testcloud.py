@@ -266,6 +266,8 @@ def test_storm_gives_every_vm_its_own_settings_through_its_own_credential(tmp_pa
     assert result.returncode == 0, result.stdout + result.stderr
     assert (report["ok"], report["resolved"], report["wrong"], report["failed"]) == (True, 60, 0, 0)
     assert set(report["per_vm_ms"]) == {"p50", "p99", "p99.9", "max"}
+    assert report["registry_cpu_cpi"] > 0  # the registry's own share, apart from the simulation's
+    assert report["registry_cpu_boot"] > 0
     engine = create_engine(f"sqlite:///{tmp_path / 'work' / 'registry' / 'registry.db'}")
     reads = [event for event in query_events(engine) if event.action == "read"]
     engine.dispose()

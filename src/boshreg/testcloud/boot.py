@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from boshreg.agent import ResolveError, Trace, load_agent_config, resolve
 from boshreg.agent.agent_json import retarget
 from boshreg.bootstrap import userdata
@@ -169,6 +171,19 @@ class LocalRegistry:
     url: str
     endpoint: Endpoint
     data_dir: Path
+    pid: int  # the serving process; its workers are its children
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user and system) the registry's processes have used so far: the registry's own share."""
+        total = 0.0
+        try:
+            parent = psutil.Process(self.pid)
+            for process in (parent, *parent.children()):
+                times = process.cpu_times()
+                total += times.user + times.system
+        except psutil.Error:
+            pass  # a process that just ended: what the others used still counts
+        return total
 
 
 @contextmanager
@@ -207,7 +222,7 @@ def running_registry(work_dir: Path, say: Callable[[str], None], *, kept: bool =
         endpoint = Endpoint("http", "127.0.0.1", port, "admin", password)
         where = f"SQLite in {data_dir}, log {work_dir / 'registry.log'}" if kept else "SQLite; keep it with --work-dir"
         say(f"1. registry  boshreg serve at {url} ({where})")
-        yield LocalRegistry(url, endpoint, data_dir)
+        yield LocalRegistry(url, endpoint, data_dir, process.pid)
     finally:
         process.terminate()
         try:
