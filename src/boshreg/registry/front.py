@@ -21,7 +21,7 @@ import logging
 import ssl
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping
 from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import unquote_to_bytes
@@ -42,6 +42,10 @@ ASGIApp = Callable[
 FastRead = Callable[[str, str | None, str], tuple[bytes, str] | None]
 """(instance id, Authorization header, client) → the body of a 200 answer and the credential kind that
 read it, or None to ask the app."""
+FastAnswer = tuple[int, list[tuple[bytes, bytes]], bytes, str]
+"""A whole answer made without the app: status, headers, body, and the credential kind (the metrics)."""
+FastReadAsync = Callable[[str, str | None, str], Awaitable[FastAnswer | None]]
+"""Tried after ``FastRead`` found nothing, for stores read on the event loop: an answer, or None to ask the app."""
 Observer = Callable[[str, bytes, int, str, float], None]
 """(method, target, status, credential kind, seconds): told of every answered request (the metrics)."""
 
@@ -123,9 +127,11 @@ class Front:
         *,
         scheme: str = "http",
         observe: Observer | None = None,
+        fast_read_async: FastReadAsync | None = None,
     ) -> None:
         self.app = app
         self.fast_read = fast_read
+        self.fast_read_async = fast_read_async
         self.observe = observe
         self.limits = limits
         self.connections = connections
@@ -412,25 +418,36 @@ class Connection(asyncio.Protocol):
 
     def _start(self, request: _Request) -> bool:
         """Answer in place when the fast read can (True), else hand the request to the app."""
+        run: Callable[[_Request], Coroutine[Any, Any, None]] = self._run_app
         if request.fast:
             answer = self._fast(request)
             if answer is not None:
                 request.credential = answer[1]
                 self._write(request, 200, [(b"content-type", b"application/json")], answer[0])
                 return True
+            if self.front.fast_read_async is not None:
+                run = self._run_fast_async
         self.busy = True
-        task = self.loop.create_task(self._run_app(request))
+        task = self.loop.create_task(run(request))
         self.front.tasks.add(task)
         task.add_done_callback(self.front.tasks.discard)
         return False
 
     def _fast(self, request: _Request) -> tuple[bytes, str] | None:
-        instance_id = request.target[len(_SETTINGS_PREFIX) : -len(_SETTINGS_SUFFIX)]
-        if not instance_id or b"/" in instance_id or b"%" in instance_id or b"?" in instance_id:
+        instance_id = self._fast_id(request)
+        if instance_id is None:
             return None
         assert self.front.fast_read is not None
         header = request.authorization.decode("latin-1") if request.authorization is not None else None
-        return self.front.fast_read(instance_id.decode("ascii", "replace"), header, self.client)
+        return self.front.fast_read(instance_id, header, self.client)
+
+    @staticmethod
+    def _fast_id(request: _Request) -> str | None:
+        """The instance id of a settings GET the fast reads may answer (plain, no escapes or query)."""
+        instance_id = request.target[len(_SETTINGS_PREFIX) : -len(_SETTINGS_SUFFIX)]
+        if not instance_id or b"/" in instance_id or b"%" in instance_id or b"?" in instance_id:
+            return None
+        return instance_id.decode("ascii", "replace")
 
     def _finished(self, request: _Request) -> None:
         """After an answer: next request in line, or the idle timer, or the close."""
@@ -459,6 +476,27 @@ class Connection(asyncio.Protocol):
             self._arm(self.limits.header_timeout, self._head_timed_out)
         elif not self.parsing and not self.queue:
             self._arm(self.limits.keepalive_timeout, self._idle_timed_out)
+
+    async def _run_fast_async(self, request: _Request) -> None:
+        """The asynchronous fast read; the app when it has no answer."""
+        assert self.front.fast_read_async is not None
+        instance_id = self._fast_id(request)
+        answer: FastAnswer | None = None
+        if instance_id is not None:
+            header = request.authorization.decode("latin-1") if request.authorization is not None else None
+            try:
+                answer = await self.front.fast_read_async(instance_id, header, self.client)
+            except Exception:
+                log.exception("GET %s failed", printable_path(request.target))  # the app answers instead
+        if answer is None:
+            await self._run_app(request)
+            return
+        self.busy = False
+        status, headers, body, request.credential = answer
+        if not request.disconnected:
+            await self.writing.wait()
+            self._write(request, status, headers, body)
+        self._finished(request)
 
     async def _run_app(self, request: _Request) -> None:
         status = 500

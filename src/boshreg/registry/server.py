@@ -304,6 +304,7 @@ def _serve_process(
         OpenConnections(caps),
         scheme="https" if tls else "http",
         observe=metrics.request,
+        fast_read_async=api.fast_read_async,
     )
 
     async def run() -> None:

@@ -1,7 +1,8 @@
-"""Settings reads the cache cannot answer are read in line on SQLite, before the ASGI app (issue #10): every
-rule of the full path holds there too (who may read what, the throttle, revocation, 404, the audit trail).
+"""Settings reads the cache cannot answer are read without the ASGI app (issue #10): in line on SQLite,
+awaited on the event loop on PostgreSQL (MySQL's go through the app). Every rule of the full path holds
+there too: who may read what, the throttle, revocation, 404, 400, the audit trail.
 
-The cache is off in these registries, so every read takes the in-line road unless it must go the full way.
+The cache is off in these registries, so every read takes that road unless it must go the full way.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import time
 
 import httpx
+from sqlalchemy import URL
 
 from boshreg.bootstrap.credentials import instance_token
 from conftest import RegistryLauncher
@@ -27,9 +29,12 @@ def own(instance_id: str) -> tuple[str, str]:
     return (instance_id, instance_token(INSTANCE_SECRET, instance_id))
 
 
-def test_a_read_without_the_cache_keeps_every_rule(start_registry: RegistryLauncher) -> None:
+def test_a_read_without_the_cache_keeps_every_rule(database_url: URL, start_registry: RegistryLauncher) -> None:
     registry = start_registry(
-        instance_secret=INSTANCE_SECRET, cache_bytes=0, auth_throttle={"max_failures": 3, "window": 60, "block": 60}
+        database_url,
+        instance_secret=INSTANCE_SECRET,
+        cache_bytes=0,
+        auth_throttle={"max_failures": 3, "window": 60, "block": 60},
     )
     for name in ("vm-a", "vm-b"):
         assert httpx.put(url(registry, name), content=SETTINGS, auth=ADMIN).status_code == 200
