@@ -4,8 +4,8 @@ Why our own: a cached settings read is answered here in microseconds, which no A
 do (uvicorn with Starlette spent ~150 µs a request), and the limits a hostile network needs are enforced
 where the bytes arrive: a deadline for the request head and one for the body, an idle keep-alive limit,
 431 for heads over http.max_header_bytes or http.max_headers, a cap on connections per process and per
-address. A settings GET the app's fast read can answer (cached, or on SQLite read in line) is answered
-here; everything else goes to the ASGI application unchanged.
+address. A settings GET the app's fast reads can answer (cached; else read in line on SQLite, or awaited
+on PostgreSQL) is answered here; everything else goes to the ASGI application unchanged.
 
 Requests on one connection are answered in order (pipelining); a body is passed to the app as it
 arrives, so a request refused before its body was read closes the connection instead of reading it.
