@@ -277,6 +277,14 @@ def test_storm_gives_every_vm_its_own_settings_through_its_own_credential(tmp_pa
     assert len({event.client for event in reads}) == 60  # each VM from its own address
 
 
+def test_a_wide_storm_spreads_its_agents_over_more_resolver_processes(tmp_path: Path) -> None:
+    """128 threads in one resolver lost more to the interpreter lock than they added: at most 64 each."""
+    result = boshreg("testcloud", "storm", "--vms", "40", "--concurrency", "256", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert (report["ok"], report["processes"]) == (True, max(os.cpu_count() or 1, 4))
+
+
 def test_storm_shows_its_progress_on_a_terminal_only(tmp_path: Path) -> None:
     from support.cli import in_a_terminal
 

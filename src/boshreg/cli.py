@@ -1108,7 +1108,7 @@ def testcloud_boot(
 @click.option(
     "--processes",
     type=click.IntRange(1, 64),
-    help="Resolver processes sharing the concurrency (default: one per core).",
+    help="Resolver processes sharing the concurrency (default: one per core, at least one per 64 VMs at a time).",
 )
 @work_dir_option
 @deadline_option(60.0, "Each agent's deadline, in seconds.")
