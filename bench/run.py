@@ -285,7 +285,7 @@ def main() -> int:
         with registry(workdir, sqlite, cache_bytes=0) as (base, pid), PeakRss(pid) as rss:
             print(f"sqlite: cold GET ({STORED:,} instances, cache off) ...", flush=True)
             results["cold_sqlite"] = {"c256": reads(base, 256, cold)}
-        # Before PostgreSQL: run after its million-row load, the storm took 27.8 s (12.6-17.6 s on its own).
+        # Before PostgreSQL, so that no checkpoint of its million-row load can run into the storm.
         print(f"boot storm: {STORM_VMS:,} VMs, {STORM_CONCURRENCY} at a time ...", flush=True)
         report = storm(workdir / "storm", vms=STORM_VMS, concurrency=STORM_CONCURRENCY, say=lambda _line: None)
         if not report.ok:

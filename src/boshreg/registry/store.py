@@ -145,12 +145,10 @@ class SettingsStore:
             SqliteWriters(engine.url.database) if engine.dialect.name == "sqlite" else contextlib.nullcontext()
         )
         self._commits = GroupCommit(engine, self.writer)  # one commit (one disk flush) for writes that queued
-        self._upsert_settings = DriverStatement(
-            _upsert(engine.dialect.name), engine.dialect
-        )  # compiled once: see driver_sql
-        compiled = _READ.compile(dialect=engine.dialect)
-        self._read_sql = str(compiled)
-        self._read_arity = len(compiled.positiontup or ())  # positional drivers get the id once per mention
+        # The statements every PUT and every read repeat, compiled once (driver_sql); both PostgreSQL engines
+        # speak psycopg's paramstyle, so the read's compiled form serves the event loop's engine too.
+        self._upsert_settings = DriverStatement(_upsert(engine.dialect.name), engine.dialect)
+        self._read = DriverStatement(_READ, engine.dialect)
         # Reads on the loop take turns for the async pool's connections here, first come first served: the
         # pool's own queue lets a newcomer take a connection a waiter was woken for, and some waited seconds.
         self._read_turns = anyio.CapacityLimiter(pool_size(async_engine.sync_engine) if async_engine else 1)
@@ -223,7 +221,7 @@ class SettingsStore:
         try:
             cursor = self._inline.cursor()
             try:
-                cursor.execute(self._read_sql, (instance_id,) * self._read_arity)
+                cursor.execute(self._read.sql, self._read.parameters({"instance_id": instance_id}))
                 row = cursor.fetchone()
             finally:
                 cursor.close()  # ends the read transaction, so the next read sees the latest writes
@@ -251,7 +249,8 @@ class SettingsStore:
     async def _read_async(self, instance_id: str) -> Stored:
         assert self.async_engine is not None
         async with self._read_turns, self.async_engine.connect() as conn:
-            row = (await conn.exec_driver_sql(self._read_sql, {"instance_id": instance_id})).first()
+            parameters = self._read.parameters({"instance_id": instance_id})
+            row = (await conn.exec_driver_sql(self._read.sql, parameters)).first()
         return _stored(row)
 
     def put(self, instance_id: str, settings: str) -> None:
