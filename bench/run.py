@@ -387,7 +387,8 @@ def table(results: dict[str, Any]) -> str:
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)) for r in rows]
     boot = results["boot_storm"]
     storm_line = (
-        f"boot storm: {boot['vms']:,} VMs, {boot['concurrency']} at a time: all resolved in {boot['seconds']:.1f} s "
+        f"boot storm: {boot['vms']:,} VMs, {boot['concurrency']} at a time ({boot['agents']} agents): "
+        f"all resolved in {boot['seconds']:.1f} s "
         f"(CPI stored them in {boot['cpi_seconds']:.1f} s); per VM p50 {boot['per_vm_ms']['p50']:.1f} ms, "
         f"p99 {boot['per_vm_ms']['p99']:.1f} ms; registry GET p99 {boot['registry_ms']['p99']:.1f} ms; the "
         f"registry's own CPU {boot['registry_cpu_boot']:.1f} s during the boots ({boot['registry_cpu_cpi']:.1f} s "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
@@ -32,6 +33,18 @@ def test_this_process_refuses_before_any_packet_is_sent(monkeypatch: pytest.Monk
     monkeypatch.delenv(linklocal.LOG_VARIABLE)  # this attempt is on purpose: keep it out of the suite's log
     with socket.socket() as sock, pytest.raises(linklocal.LinkLocalRefused):
         sock.connect(("169.254.169.254", 80))
+
+
+def test_an_event_loop_s_connections_are_refused_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The storm's agents connect through asyncio's create_connection, which calls the same guarded method."""
+    assert getattr(socket.socket, linklocal.MARKER) is True  # else the connection below would be real
+    monkeypatch.delenv(linklocal.LOG_VARIABLE)
+
+    async def connect() -> None:
+        await asyncio.get_running_loop().create_connection(asyncio.Protocol, "169.254.169.254", 80)
+
+    with pytest.raises(linklocal.LinkLocalRefused):
+        asyncio.run(connect())
 
 
 def test_every_python_process_a_test_starts_has_the_guard() -> None:

@@ -57,7 +57,7 @@ from boshreg.testcloud.configdrive import drive_files, write_iso
 from boshreg.testcloud.drill import ADDRESS_CHECK, DEFAULT_AGENT_DEADLINE, DRIVE_FAULTS, MODES, drill
 from boshreg.testcloud.metadata import MetadataFaults, MetadataServer
 from boshreg.testcloud.netlab import DEFAULT_SUBNET
-from boshreg.testcloud.storm import MAX_VMS, storm
+from boshreg.testcloud.storm import AGENTS, LEAN, MAX_VMS, storm
 from boshreg.testcloud.vms import TestVm, check_vm_set, default_meta_data, parse_vm_spec
 from boshreg.why import (
     READ_OK,
@@ -1106,9 +1106,17 @@ def testcloud_boot(
     help="How many VMs resolve at the same time.",
 )
 @click.option(
+    "--agents",
+    type=click.Choice(AGENTS),
+    default=LEAN,
+    show_default=True,
+    help="lean: the agent's requests and decoding on an event loop per process; "
+    "resolver: the agent's own resolver in threads (its whole walk and verdict, about twice the CPU per VM).",
+)
+@click.option(
     "--processes",
     type=click.IntRange(1, 64),
-    help="Resolver processes sharing the concurrency (default: one per core, at least one per 64 VMs at a time).",
+    help="Agent processes sharing the concurrency (default: one per core; resolvers: at least one per 64 at a time).",
 )
 @work_dir_option
 @deadline_option(60.0, "Each agent's deadline, in seconds.")
@@ -1118,6 +1126,7 @@ def testcloud_storm(
     ctx: click.Context,
     vms: int,
     concurrency: int,
+    agents: str,
     processes: int | None,
     work_dir: Path | None,
     deadline: float,
@@ -1126,8 +1135,10 @@ def testcloud_storm(
     """Boot many VMs at once against one registry and time how long until each has its settings.
 
     Starts a registry, stores every VM's settings as the CPI does, serves each VM's user data (with its
-    own per-VM credential) from the metadata emulator to that VM's own loopback address, and resolves
-    them with the agent's resolver, CONCURRENCY at a time. Exit 0 when every VM got its own settings.
+    own per-VM credential) from the metadata emulator to that VM's own loopback address, and boots them
+    CONCURRENCY at a time: each makes the agent's requests from its own address and reads the answers with
+    the agent's code (--agents resolver: runs the agent's whole resolver). Exit 0 when every VM got its own
+    settings.
 
     \b
     Examples:
@@ -1139,6 +1150,7 @@ def testcloud_storm(
             work_dir or Path(temporary),
             vms=vms,
             concurrency=concurrency,
+            agents=agents,
             processes=processes,
             deadline=deadline,
             say=(lambda _line: None) if as_json else click.echo,

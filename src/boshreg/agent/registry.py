@@ -53,7 +53,7 @@ def fetch_settings(
         with build_opener(source_address=source_address, cacert=cacert).open(request, timeout=timeout) as response:
             body = response.read()
     except urllib.error.HTTPError as exc:
-        raise _http_failure(exc.code, exc.read(), key) from None
+        raise http_failure(exc.code, exc.read(), key) from None
     except urllib.error.URLError as exc:
         raise _connection_failure(exc.reason) from None
     except TimeoutError:
@@ -88,7 +88,8 @@ def decode_answer(body: bytes) -> dict[str, Any]:
     return settings
 
 
-def _http_failure(status: int, body: bytes, key: str) -> RegistryFetchError:
+def http_failure(status: int, body: bytes, key: str) -> RegistryFetchError:
+    """A registry's answer other than 200 as the agent reads it: the cause, the fix, and whether to retry."""
     message = _error_message(body)
     said = f"{status} {message}" if message else str(status)
     if status == 401:

@@ -130,7 +130,7 @@ class HttpSource:
         if self.want_instance_id and self.instance_id_path:
             found = self._get(f"{self.uri}{self.instance_id_path}", timeout, headers)
             instance_id = _text_or_none(found)
-        return SourceData(url, _json_or_base64(raw), instance_id, public_key)
+        return SourceData(url, json_or_base64(raw), instance_id, public_key)
 
     def _token(self, timeout: float) -> str | None:
         """IMDSv2: PUT for a session token; any answer but 200 means "go on without one", as the agent does."""
@@ -321,7 +321,7 @@ def _read_if_there(path: str) -> bytes | None:
         raise SourceUnavailable(f"cannot read {path}: {exc.strerror}") from None
 
 
-def _json_or_base64(raw: bytes) -> bytes:
+def json_or_base64(raw: bytes) -> bytes:
     """The agent's reading of HTTP user data: JSON, or else URL-safe base64 of JSON (quotes stripped)."""
     try:
         json.loads(raw)

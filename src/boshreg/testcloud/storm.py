@@ -1,14 +1,18 @@
-"""A boot storm: many VMs booting at once, each resolving its settings as the agent does.
+"""A boot storm: many VMs booting at once, each reading its settings as the agent does.
 
-One real ``boshreg serve`` (SQLite), one metadata emulator in a process of its own (under uvicorn), and resolver
-processes running the agent's own ``resolve()`` from many threads. Each simulated VM connects from a
-loopback address of its own (127.64.0.1 onwards), because the metadata service tells VMs apart by the
-caller's address, as Nova's does behind Neutron's proxy; and each reads the registry with its own
-per-VM credential, never the admin's. Every VM must get exactly its own settings.
+One real ``boshreg serve`` (SQLite), one metadata emulator in a process of its own (under uvicorn), and agent
+processes: by default each boots its share of the VMs on an event loop (``storm_agent``: the agent's requests
+and decoding, cheap enough that the registry, not the simulation, is what is measured); with
+``agents="resolver"`` each runs the agent's own ``resolve()`` from many threads (its whole walk and verdict,
+at about twice the CPU per VM). Each simulated VM connects from a loopback address of its own (127.64.0.1
+onwards), because the metadata service tells VMs apart by the caller's address, as Nova's does behind
+Neutron's proxy; and each reads the registry with its own per-VM credential, never the admin's. Every VM
+must get exactly its own settings.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import multiprocessing
@@ -35,9 +39,13 @@ from boshreg.registry.datadir import INSTANCE_SECRET_FILE
 from boshreg.registry.server import bind
 from boshreg.testcloud.boot import example_settings, running_registry
 from boshreg.testcloud.metadata import MetadataApp, MetadataService
+from boshreg.testcloud.storm_agent import BootFailed, boot
 from boshreg.testcloud.vms import TestCloudError, TestVm, default_meta_data
 
 MAX_VMS = 100_000
+LEAN = "lean"  # the agent's requests and decoding on an event loop per process (storm_agent)
+RESOLVER = "resolver"  # the agent's own resolve() in threads: its whole walk and verdict, twice the CPU
+AGENTS = (LEAN, RESOLVER)
 CPI_WRITERS = 16
 PROGRESS_SECONDS = 0.5
 # Threads in one resolver process beyond this lose more to the interpreter lock than they add: 10,000 VMs at
@@ -56,7 +64,7 @@ class VmBoot:
     seconds: float
     source_seconds: float
     registry_seconds: float
-    started: float  # wall clock (time.time), comparable across the resolver processes
+    started: float  # wall clock (time.time), comparable across the agent processes
     ended: float
     matched: bool
     error: str | None = None
@@ -68,6 +76,7 @@ class StormReport:
 
     vms: int
     concurrency: int
+    agents: str
     processes: int
     cpi_seconds: float
     seconds: float
@@ -93,7 +102,7 @@ class StormReport:
             return ", ".join(f"{name} {value:,.1f} ms" for name, value in figures.items())
 
         lines = [
-            f"{self.vms:,} VMs, {self.concurrency} booting at a time ({self.processes} resolver processes)",
+            f"{self.vms:,} VMs, {self.concurrency} booting at a time ({self.processes} {self.agents} agent processes)",
             f"CPI:      {self.vms:,} settings stored in {self.cpi_seconds:.1f} s",
             f"storm:    {self.resolved:,} resolved, {self.wrong} with wrong settings, {self.failed} failed, "
             f"in {self.seconds:.1f} s ({self.vms / self.seconds if self.seconds else 0:,.0f} VMs/s)",
@@ -107,9 +116,10 @@ class StormReport:
         return "\n".join(lines)
 
 
-def resolver_processes(concurrency: int) -> int:
-    """One resolver process per core, and at least one per ``THREADS_PER_RESOLVER`` VMs booting at once."""
-    return max(os.cpu_count() or 1, math.ceil(concurrency / THREADS_PER_RESOLVER))
+def agent_processes(agents: str, concurrency: int) -> int:
+    """One agent process per core; resolvers at least one per ``THREADS_PER_RESOLVER`` VMs booting at once."""
+    cores = os.cpu_count() or 1
+    return max(cores, math.ceil(concurrency / THREADS_PER_RESOLVER)) if agents == RESOLVER else cores
 
 
 def vm_address(index: int) -> str:
@@ -127,6 +137,7 @@ def storm(
     *,
     vms: int,
     concurrency: int,
+    agents: str = LEAN,
     processes: int | None = None,
     deadline: float = 60.0,
     say: Callable[[str], None] = print,
@@ -142,8 +153,10 @@ def storm(
         raise TestCloudError(f"--vms {vms}: give between 1 and {MAX_VMS:,}")
     if not 1 <= concurrency <= 4096:
         raise TestCloudError(f"--concurrency {concurrency}: give between 1 and 4096")
+    if agents not in AGENTS:
+        raise TestCloudError(f"--agents {agents}: give {' or '.join(AGENTS)}")
     _check_loopback_range()
-    processes = max(1, min(processes or resolver_processes(concurrency), concurrency))
+    processes = max(1, min(processes or agent_processes(agents, concurrency), concurrency))
     names = [vm_name(i) for i in range(vms)]
     with running_registry(work_dir, say, kept=kept) as registry:
         secret = (registry.data_dir / INSTANCE_SECRET_FILE).read_text().strip()
@@ -157,13 +170,13 @@ def storm(
         cloud = [_vm(i, name, per_vm_endpoint(registry.endpoint, name, secret=secret)) for i, name in enumerate(names)]
         with _MetadataProcess(cloud) as metadata_url:
             say(f"3. nova      metadata service {metadata_url} for {vms:,} VMs, each known by its own address")
-            say(f"4. agents    {vms:,} VMs boot, {concurrency} at a time, in {processes} processes ...")
+            say(f"4. agents    {vms:,} VMs boot, {concurrency} at a time, in {processes} {agents} processes ...")
             booted = _Counter(_SPAWN.Value("q", 0))
             cpu_before_boots = registry.cpu_seconds()
             with _Reporting(progress, "booted", booted, vms):
-                boots = _resolve_all(names, metadata_url, concurrency, processes, deadline, booted)
+                boots = _boot_all(names, metadata_url, agents, concurrency, processes, deadline, booted)
             registry_cpu = (cpu_stored - cpu_before, registry.cpu_seconds() - cpu_before_boots)
-    return _report(boots, vms, concurrency, processes, cpi_seconds, registry_cpu)
+    return _report(boots, vms, concurrency, agents, processes, cpi_seconds, registry_cpu)
 
 
 def _vm(index: int, name: str, endpoint: Endpoint) -> TestVm:
@@ -290,17 +303,24 @@ def _serve_metadata(vms: list[TestVm], ports: Queue[int]) -> None:
     uvicorn.Server(config).run(sockets=[listening.sock])
 
 
-def _resolve_all(
-    names: list[str], metadata_url: str, concurrency: int, processes: int, deadline: float, booted: _Counter
+def _boot_all(
+    names: list[str],
+    metadata_url: str,
+    agents: str,
+    concurrency: int,
+    processes: int,
+    deadline: float,
+    booted: _Counter,
 ) -> list[VmBoot]:
-    threads = math.ceil(concurrency / processes)
+    at_once = math.ceil(concurrency / processes)
     shares = [[(i, names[i]) for i in range(p, len(names), processes)] for p in range(processes)]
+    share_booter = _boot_share_on_loop if agents == LEAN else _boot_share_in_threads
     with ProcessPoolExecutor(
         processes, mp_context=_SPAWN, initializer=_count_boots_in, initargs=(booted.shared,)
     ) as pool:
         list(pool.map(_warm_up, range(processes)))  # every process started and imported before the clock runs
         chunks = pool.map(
-            _boot_share, shares, [metadata_url] * processes, [threads] * processes, [deadline] * processes
+            share_booter, shares, [metadata_url] * processes, [at_once] * processes, [deadline] * processes
         )
         return [boot for chunk in chunks for boot in chunk]
 
@@ -317,8 +337,49 @@ def _warm_up(_n: int) -> None:
     time.sleep(0.2)  # long enough that each warm-up lands in a process of its own
 
 
-def _boot_share(share: list[tuple[int, str]], metadata_url: str, threads: int, deadline: float) -> list[VmBoot]:
-    """One resolver process: its share of the VMs, ``threads`` booting at a time."""
+def _boot_share_on_loop(share: list[tuple[int, str]], metadata_url: str, at_once: int, deadline: float) -> list[VmBoot]:
+    """One agent process: its share of the VMs on an event loop, ``at_once`` booting at a time."""
+    boots = asyncio.run(_boot_on_loop(share, metadata_url, at_once, deadline))
+    if _BOOTED is not None:
+        _BOOTED.publish()
+    return boots
+
+
+async def _boot_on_loop(share: list[tuple[int, str]], metadata_url: str, at_once: int, deadline: float) -> list[VmBoot]:
+    waiting = iter(share)
+    boots: list[VmBoot] = []
+
+    async def booter() -> None:
+        for index, name in waiting:  # one iterator shared by every booter: each VM boots once
+            boots.append(await _boot_one_on_loop(index, name, metadata_url, deadline))
+
+    await asyncio.gather(*(booter() for _ in range(min(at_once, len(share)))))
+    return boots
+
+
+async def _boot_one_on_loop(index: int, name: str, metadata_url: str, deadline: float) -> VmBoot:
+    started_wall, started = time.time(), time.monotonic()
+    try:
+        booted = await boot(metadata_url, vm_address(index), deadline)
+    except BootFailed as exc:
+        seconds = time.monotonic() - started
+        return _counted(VmBoot(name, seconds, 0.0, 0.0, started_wall, started_wall + seconds, False, str(exc)))
+    seconds = time.monotonic() - started
+    matched = booted.settings == example_settings(name)
+    boot_figures = (booted.source_seconds, booted.registry_seconds)
+    return _counted(VmBoot(name, seconds, *boot_figures, started_wall, started_wall + seconds, matched))
+
+
+def _counted(boot: VmBoot) -> VmBoot:
+    if _BOOTED is not None:
+        _BOOTED.add()
+    return boot
+
+
+def _boot_share_in_threads(
+    share: list[tuple[int, str]], metadata_url: str, threads: int, deadline: float
+) -> list[VmBoot]:
+    """One resolver process: its share of the VMs, ``threads`` running the agent's ``resolve()`` at a time."""
     with ThreadPoolExecutor(threads) as pool:
         boots = list(pool.map(lambda vm: _boot_one(vm[0], vm[1], metadata_url, deadline), share))
     if _BOOTED is not None:
@@ -341,25 +402,16 @@ def _boot_one(index: int, name: str, metadata_url: str, deadline: float) -> VmBo
     else:
         trace, matched = resolution.trace, resolution.settings == example_settings(name)
     seconds = time.monotonic() - started
-    if _BOOTED is not None:
-        _BOOTED.add()
     step_seconds = {step.step: step.seconds for step in trace.steps}
-    return VmBoot(
-        name,
-        seconds,
-        step_seconds.get("source", 0.0),
-        step_seconds.get("registry", 0.0),
-        started_wall,
-        started_wall + seconds,
-        matched,
-        error,
-    )
+    figures = (step_seconds.get("source", 0.0), step_seconds.get("registry", 0.0))
+    return _counted(VmBoot(name, seconds, *figures, started_wall, started_wall + seconds, matched, error))
 
 
 def _report(
     boots: list[VmBoot],
     vms: int,
     concurrency: int,
+    agents: str,
     processes: int,
     cpi_seconds: float,
     registry_cpu: tuple[float, float],
@@ -368,6 +420,7 @@ def _report(
     return StormReport(
         vms=vms,
         concurrency=concurrency,
+        agents=agents,
         processes=processes,
         cpi_seconds=round(cpi_seconds, 3),
         registry_cpu_cpi=round(registry_cpu[0], 3),

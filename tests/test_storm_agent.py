@@ -1,0 +1,92 @@
+"""The storm's event-loop agent: the agent's requests, retries and readings, against a real registry."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from boshreg.agent import HttpSource, resolve
+from boshreg.testcloud.metadata import MetadataFaults, MetadataServer
+from boshreg.testcloud.storm_agent import Booted, BootFailed, boot
+from support.chain import registry_user_data, settings_for, store, vm
+from support.registry import ADMIN_PASSWORD, RegistryProcess, free_port
+
+
+@pytest.fixture
+def registry(shared_registry: RegistryProcess) -> RegistryProcess:
+    return shared_registry
+
+
+@contextmanager
+def metadata(name: str, endpoint: str, faults: MetadataFaults | None = None) -> Iterator[str]:
+    """A metadata service whose only VM is ``name``, pointed at ``endpoint``; yields its URL."""
+    server = MetadataServer("127.0.0.1", 0, [vm(name, registry_user_data(name, endpoint))], faults=faults).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def admin_endpoint(registry: RegistryProcess, password: str = ADMIN_PASSWORD) -> str:
+    return f"http://admin:{password}@127.0.0.1:{registry.port}"
+
+
+def boot_now(url: str, deadline: float = 10.0) -> Booted:
+    return asyncio.run(boot(url, "127.0.0.1", deadline))
+
+
+def failure(url: str, deadline: float = 10.0) -> str:
+    """What the VM says when it cannot boot (the test fails if it boots)."""
+    with pytest.raises(BootFailed) as failed:
+        boot_now(url, deadline)
+    return str(failed.value)
+
+
+def test_a_vm_gets_the_settings_the_agent_s_own_resolver_gets(registry: RegistryProcess) -> None:
+    store(registry, "vm-lean", settings_for("vm-lean"))
+    with metadata("vm-lean", admin_endpoint(registry)) as url:
+        booted = boot_now(url)
+        resolved = resolve([HttpSource(url)], deadline=10)
+    assert booted.settings == settings_for("vm-lean") == resolved.settings
+    assert min(booted.source_seconds, booted.registry_seconds) > 0
+
+
+def test_a_flapping_metadata_service_is_retried_a_second_later(registry: RegistryProcess) -> None:
+    store(registry, "vm-lean-flap", settings_for("vm-lean-flap"))
+    with metadata("vm-lean-flap", admin_endpoint(registry), MetadataFaults(flap=True)) as url:
+        booted = boot_now(url)
+    assert booted.settings == settings_for("vm-lean-flap")
+    assert booted.source_seconds >= HttpSource.retry_delay  # a 503, then the agent's pause, then the answer
+
+
+def test_refused_credentials_fail_at_once_with_the_agent_s_reading(registry: RegistryProcess) -> None:
+    store(registry, "vm-lean-401", settings_for("vm-lean-401"))
+    with metadata("vm-lean-401", admin_endpoint(registry, "not-the-password")) as url:
+        started = time.monotonic()
+        said = failure(url)
+    assert re.search(r"^registry GET: 401 .*\(credentials refused\); the user:password", said), said
+    assert time.monotonic() - started < 1.0  # the agent does not retry a 401
+
+
+def test_settings_not_stored_yet_are_retried_until_the_deadline(registry: RegistryProcess) -> None:
+    with metadata("vm-lean-unstored", admin_endpoint(registry)) as url:
+        said = failure(url, deadline=1.5)
+    assert re.search(r"no settings under key 'vm-lean-unstored'.* \(after 2 attempts\)$", said), said
+
+
+def test_a_vm_the_metadata_service_lost_gets_no_user_data(registry: RegistryProcess) -> None:
+    with metadata("vm-lean-lost", admin_endpoint(registry), MetadataFaults(missing=frozenset({"vm-lean-lost"}))) as url:
+        said = failure(url)
+    assert said.endswith("/latest/user-data: HTTP 404"), said
+
+
+def test_a_registry_that_is_not_there_is_retried_then_named_without_its_password() -> None:
+    with metadata("vm-lean-down", f"http://admin:{ADMIN_PASSWORD}@127.0.0.1:{free_port()}") as url:
+        said = failure(url, deadline=1.5)
+    assert re.search(r"/instances/vm-lean-down/settings: Connection refused \(after 2 attempts\)$", said), said
+    assert ADMIN_PASSWORD not in said
