@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL
 
 from boshreg.registry.config import DbConfig
-from boshreg.registry.engine import build_async_engine, build_engine
+from boshreg.registry.engine import build_engine, build_read_pool
 from boshreg.registry.store import SettingsRejected, SettingsStore, Stored, StoreUnavailable, pool_size
 from conftest import usable_backend
 from support.databases import original_table_ddl
@@ -152,7 +152,7 @@ def test_postgres_reads_on_the_event_loop_see_what_was_written(tmp_path: Path) -
     backend = usable_backend("postgres")
     with backend.fresh_database(tmp_path) as url:
         db = DbConfig(url=url.render_as_string(hide_password=False))
-        store = SettingsStore(build_engine(db), build_async_engine(db))
+        store = SettingsStore(build_engine(db), build_read_pool(db))
         assert store.reads_async
 
         async def read_written() -> tuple[str | None, str | None]:
@@ -168,9 +168,9 @@ def test_postgres_reads_on_the_event_loop_see_what_was_written(tmp_path: Path) -
 @pytest.mark.parametrize("max_connections", [1, 4, 32])
 def test_postgres_reads_and_writes_share_db_max_connections(max_connections: int) -> None:
     db = DbConfig(url="postgresql://bosh@127.0.0.1/registry", max_connections=max_connections)
-    threads, on_the_loop = build_engine(db), build_async_engine(db)
+    threads, on_the_loop = build_engine(db), build_read_pool(db)
     assert on_the_loop is not None
-    sizes = [pool_size(threads), pool_size(on_the_loop.sync_engine)]
+    sizes = [pool_size(threads), on_the_loop.size]
     assert sum(sizes) == max(2, max_connections)  # at least one each
     assert min(sizes) >= 1
 

@@ -38,7 +38,7 @@ from boshreg.registry.connections import (
     RateLimitedLog,
     raise_file_limit,
 )
-from boshreg.registry.engine import build_async_engine, build_engine
+from boshreg.registry.engine import build_engine, build_read_pool
 from boshreg.registry.front import Front, FrontLimits
 from boshreg.registry.metrics import ProcessMetrics
 from boshreg.registry.store import SettingsStore, StoreUnavailable
@@ -144,7 +144,7 @@ def open_store(config: RegistryConfig) -> SettingsStore:
     engine = build_engine(config.db)
     if engine.url.get_backend_name() == "sqlite" and engine.url.database not in (None, "", ":memory:"):
         warn_if_shared(Path(str(engine.url.database)))
-    store = SettingsStore(engine, build_async_engine(config.db))
+    store = SettingsStore(engine, build_read_pool(config.db))
     try:
         store.ensure_schema()
     except StoreUnavailable as exc:

@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import anyio
+import psycopg
 from sqlalchemy import Connection, Engine, PoolProxiedConnection, bindparam, delete, inspect, select, text, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql, postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.sql.dml import Insert
 
@@ -32,10 +31,14 @@ from boshreg.errors import BoshregError
 from boshreg.registry.cache import CHANNEL
 from boshreg.registry.driver_sql import DriverStatement
 from boshreg.registry.group_commit import GroupCommit
+from boshreg.registry.read_pool import PoolExhausted, ReadPool, StaleConnection
 from boshreg.registry.tables import metadata, registry_credentials, registry_events, registry_instances
 
 log = logging.getLogger(__name__)
 _SQL_LOG = logging.getLogger("sqlalchemy.engine.Engine")  # each statement, at loglevel: debug
+_NO_FREE_CONNECTION = (
+    "no free database connection within db.pool_timeout ({database}); raise db.max_connections or db.pool_timeout"
+)
 
 _MYSQL_DATA_TOO_LONG = 1406
 _NOTIFY = text("SELECT pg_notify(:channel, :instance_id)")
@@ -127,13 +130,13 @@ class SqliteWriters:
 class SettingsStore:
     """Get, put and delete the settings text of one instance; blocking calls, run them in a thread.
 
-    Reads have two faster forms, each where it pays: ``get_inline`` on SQLite, ``get_async`` where an
-    ``async_engine`` is given (PostgreSQL through psycopg).
+    Reads have two faster forms, each where it pays: ``get_inline`` on SQLite, ``get_async`` where a
+    ``read_pool`` is given (PostgreSQL through psycopg).
     """
 
-    def __init__(self, engine: Engine, async_engine: AsyncEngine | None = None) -> None:
+    def __init__(self, engine: Engine, read_pool: ReadPool | None = None) -> None:
         self.engine = engine
-        self.async_engine = async_engine
+        self.read_pool = read_pool
         self._schema_ready = False
         self._schema_lock = threading.Lock()
         self._unique_instance_id = True
@@ -145,13 +148,10 @@ class SettingsStore:
             SqliteWriters(engine.url.database) if engine.dialect.name == "sqlite" else contextlib.nullcontext()
         )
         self._commits = GroupCommit(engine, self.writer)  # one commit (one disk flush) for writes that queued
-        # The statements every PUT and every read repeat, compiled once (driver_sql); both PostgreSQL engines
-        # speak psycopg's paramstyle, so the read's compiled form serves the event loop's engine too.
+        # The statements every PUT and every read repeat, compiled once (driver_sql); the thread engine speaks
+        # psycopg's paramstyle on PostgreSQL, so the read's compiled form serves the read pool too.
         self._upsert_settings = DriverStatement(_upsert(engine.dialect.name), engine.dialect)
         self._read = DriverStatement(_READ, engine.dialect)
-        # Reads on the loop take turns for the async pool's connections here, first come first served: the
-        # pool's own queue lets a newcomer take a connection a waiter was woken for, and some waited seconds.
-        self._read_turns = anyio.CapacityLimiter(pool_size(async_engine.sync_engine) if async_engine else 1)
 
     @property
     def reads_inline(self) -> bool:
@@ -163,7 +163,7 @@ class SettingsStore:
     @property
     def reads_async(self) -> bool:
         """True when ``get_async`` reads on the event loop itself, with no worker thread."""
-        return self.async_engine is not None
+        return self.read_pool is not None
 
     @property
     def database(self) -> str:
@@ -233,25 +233,28 @@ class SettingsStore:
     async def get_async(self, instance_id: str) -> Stored:
         """``read`` on the event loop, where ``reads_async``: the same statement, the same retry once.
 
-        The statement goes as compiled once (both engines speak psycopg's paramstyle); SQLAlchemy still
-        wraps the driver's errors and discards a dead connection.
+        A connection the server dropped fails on use and is closed; the read is tried once more on
+        another (as the thread engine does), then the database is reported unavailable with its cause.
+        At loglevel debug, where each statement is logged, it reads through ``read`` (in a thread).
         """
+        if _SQL_LOG.isEnabledFor(logging.INFO):
+            return await asyncio.to_thread(self.read, instance_id)
         if not self._schema_ready:  # the database was down at start: check the table from a thread, once
             await asyncio.to_thread(self.ensure_schema)
-        with self._translate_errors():
+        assert self.read_pool is not None
+        parameters = self._read.parameters({"instance_id": instance_id})
+        for attempt in (1, 2):
             try:
-                return await self._read_async(instance_id)
-            except sa_exc.DBAPIError as exc:
-                if not exc.connection_invalidated:
-                    raise
-            return await self._read_async(instance_id)
-
-    async def _read_async(self, instance_id: str) -> Stored:
-        assert self.async_engine is not None
-        async with self._read_turns, self.async_engine.connect() as conn:
-            parameters = self._read.parameters({"instance_id": instance_id})
-            row = (await conn.exec_driver_sql(self._read.sql, parameters)).first()
-        return _stored(row)
+                return _stored(await self.read_pool.fetchone(self._read.sql, parameters))
+            except PoolExhausted:
+                raise StoreUnavailable(_NO_FREE_CONNECTION.format(database=self.database)) from None
+            except StaleConnection as exc:
+                if attempt == 1:
+                    continue
+                raise StoreUnavailable(f"database connection lost ({self.database}): {_first_line(exc)}") from None
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                raise StoreUnavailable(f"database unavailable ({self.database}): {_first_line(exc)}") from None
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     def put(self, instance_id: str, settings: str) -> None:
         """Create or replace the settings of one instance, committed before returning."""
@@ -354,9 +357,9 @@ class SettingsStore:
         self.engine.dispose()
 
     async def aclose(self) -> None:
-        """Close the async engine's connections, on the event loop that opened them."""
-        if self.async_engine is not None:
-            await self.async_engine.dispose()
+        """Close the read pool's connections, on the event loop that opened them."""
+        if self.read_pool is not None:
+            await self.read_pool.close()
 
     def _close_inline(self) -> None:
         if self._inline is not None:
@@ -398,10 +401,7 @@ class SettingsStore:
                 ) from None
             raise SettingsRejected(f"the database refused the settings: {_cause(exc)}") from None
         except sa_exc.TimeoutError:
-            raise StoreUnavailable(
-                f"no free database connection within db.pool_timeout ({self.database}); "
-                "raise db.max_connections or db.pool_timeout"
-            ) from None
+            raise StoreUnavailable(_NO_FREE_CONNECTION.format(database=self.database)) from None
         except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
             raise StoreUnavailable(f"database unavailable ({self.database}): {_cause(exc)}") from None
         except sa_exc.DBAPIError as exc:
@@ -431,9 +431,12 @@ def pool_size(engine: Engine) -> int:
 
 def _cause(exc: sa_exc.DBAPIError) -> str:
     """The driver's own first line, without SQLAlchemy's SQL and parameter dump."""
-    original = exc.orig if exc.orig is not None else exc
-    lines = [line.strip() for line in str(original).splitlines() if line.strip()]
-    return redact_url(lines[0]) if lines else type(original).__name__
+    return _first_line(exc.orig if exc.orig is not None else exc)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return redact_url(lines[0]) if lines else type(error).__name__
 
 
 def _mysql_code(exc: sa_exc.DBAPIError) -> int | None:

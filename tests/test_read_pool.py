@@ -1,0 +1,205 @@
+"""The event loop's PostgreSQL reads (read_pool) against a real server: bounds, waits, failures, recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import URL
+
+from boshreg.registry.config import DbConfig
+from boshreg.registry.engine import build_engine, build_read_pool
+from boshreg.registry.read_pool import PoolExhausted, ReadPool
+from boshreg.registry.store import SettingsStore, StoreUnavailable
+from conftest import usable_backend
+from support.registry import free_port
+
+pytestmark = pytest.mark.postgres
+SETTINGS = '{"agent_id": "a-1"}'
+T = TypeVar("T")
+
+
+@pytest.fixture
+def postgres_url(tmp_path: Path) -> Iterator[URL]:
+    with usable_backend("postgres").fresh_database(tmp_path) as url:
+        yield url
+
+
+def store_for(url: URL, **db: object) -> SettingsStore:
+    config = DbConfig(url=url.render_as_string(hide_password=False), **db)
+    store = SettingsStore(build_engine(config), build_read_pool(config))
+    store.ensure_schema()
+    return store
+
+
+def on_a_loop(store: SettingsStore, work: Callable[[], Awaitable[T]]) -> T:
+    """Run ``work`` on a new event loop, then close the pool's connections on that loop, as a worker does."""
+
+    async def run() -> T:
+        try:
+            return await work()
+        finally:
+            await store.aclose()
+
+    try:
+        return asyncio.run(run())
+    finally:
+        store.close()
+
+
+def sessions(url: URL) -> int:
+    """The registry's connections to ``url``'s database, as the server counts them."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            query = (
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = :db AND application_name = 'boshreg-registry'"
+            )
+            return int(conn.execute(text(query), {"db": url.database}).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def pool_of(store: SettingsStore) -> ReadPool:
+    assert store.read_pool is not None
+    return store.read_pool
+
+
+def test_many_reads_at_once_share_at_most_the_pool_s_connections(postgres_url: URL) -> None:
+    store = store_for(postgres_url, max_connections=4)  # three for the loop's reads, one for the threads
+    store.put("vm-1", SETTINGS)
+
+    async def many() -> tuple[list[str | None], int]:
+        found = await asyncio.gather(*(store.get_async("vm-1" if n % 2 else "vm-none") for n in range(60)))
+        return [stored.settings for stored in found], await asyncio.to_thread(sessions, postgres_url)
+
+    found, open_sessions = on_a_loop(store, many)
+    assert found == [None, SETTINGS] * 30
+    assert pool_of(store).size == 3
+    assert open_sessions <= 3 + 1  # the read pool's, and at most one of the thread engine's
+
+
+def test_a_read_waits_its_turn_then_gives_up_with_the_setting_to_raise(postgres_url: URL) -> None:
+    store = store_for(postgres_url, max_connections=2, pool_timeout=0.5)  # one connection for the loop's reads
+
+    async def blocked() -> tuple[str, float]:
+        pool = pool_of(store)
+        holder = asyncio.create_task(pool.fetchone("SELECT pg_sleep(2)", ()))
+        await asyncio.sleep(0.3)  # the holder has the only connection
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable) as refused:
+            await store.get_async("vm-1")
+        waited = time.monotonic() - started
+        await holder
+        return str(refused.value), waited
+
+    said, waited = on_a_loop(store, blocked)
+    assert "no free database connection within db.pool_timeout" in said
+    assert "raise db.max_connections or db.pool_timeout" in said
+    assert 0.4 < waited < 1.5
+
+
+def test_waiters_are_served_in_the_order_they_came(postgres_url: URL) -> None:
+    store = store_for(postgres_url, max_connections=2)
+
+    async def queued() -> list[int]:
+        pool = pool_of(store)
+        order: list[int] = []
+        holder = asyncio.create_task(pool.fetchone("SELECT pg_sleep(0.3)", ()))
+        await asyncio.sleep(0.1)
+
+        async def read(n: int) -> None:
+            await pool.fetchone("SELECT 1", ())
+            order.append(n)
+
+        waiters = []
+        for n in range(8):
+            waiters.append(asyncio.create_task(read(n)))
+            await asyncio.sleep(0.01)  # each in the queue before the next
+        await asyncio.gather(holder, *waiters)
+        return order
+
+    assert on_a_loop(store, queued) == list(range(8))
+
+
+def test_a_connection_the_server_dropped_is_replaced_without_failing_the_read(postgres_url: URL) -> None:
+    store = store_for(postgres_url)
+    store.put("vm-1", SETTINGS)
+
+    async def dropped() -> str | None:
+        await store.get_async("vm-1")  # a connection now idle in the pool
+        await asyncio.to_thread(terminate_sessions, postgres_url)
+        return (await store.get_async("vm-1")).settings
+
+    assert on_a_loop(store, dropped) == SETTINGS
+
+
+def terminate_sessions(url: URL) -> None:
+    """What a database restart or a proxy's idle timeout does to the registry's connections."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = :db AND application_name = 'boshreg-registry'"
+                ),
+                {"db": url.database},
+            )
+    finally:
+        engine.dispose()
+
+
+def test_a_read_cancelled_mid_query_does_not_leave_its_connection_behind(postgres_url: URL) -> None:
+    store = store_for(postgres_url, max_connections=2)  # one connection: it must come back usable
+    store.put("vm-1", SETTINGS)
+
+    async def cancelled() -> str | None:
+        pool = pool_of(store)
+        reading = asyncio.create_task(pool.fetchone("SELECT pg_sleep(5)", ()))
+        await asyncio.sleep(0.3)
+        reading.cancel()  # as the request's deadline does
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+        started = time.monotonic()
+        settings = (await store.get_async("vm-1")).settings
+        assert time.monotonic() - started < 2  # not behind the cancelled sleep
+        return settings
+
+    assert on_a_loop(store, cancelled) == SETTINGS
+
+
+def test_a_database_that_is_not_there_fails_the_read_at_once_with_its_cause(tmp_path: Path) -> None:
+    url = URL.create("postgresql+psycopg", username="bosh", password="s3cret-pw", host="127.0.0.1", port=free_port())
+    config = DbConfig(url=url.render_as_string(hide_password=False), connect_timeout=2)
+    pool = build_read_pool(config)
+    assert pool is not None
+    store = SettingsStore(build_engine(config), pool)
+    store._schema_ready = True  # as after a start while it was up: the read itself must fail
+
+    async def down() -> tuple[str, float]:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable) as failed:
+            await store.get_async("vm-1")
+        return str(failed.value), time.monotonic() - started
+
+    said, took = on_a_loop(store, down)
+    assert said.startswith("database unavailable (postgresql+psycopg://bosh:***@127.0.0.1")
+    assert "refused" in said
+    assert "s3cret-pw" not in said
+    assert took < 1.0
+    assert pool._opened == 0  # the failed connection's slot is free again
+
+
+def test_the_pool_refuses_to_wait_forever() -> None:
+    async def exhausted() -> None:
+        pool = ReadPool({}, size=0, timeout=0.1, recycle=60)
+        with pytest.raises(PoolExhausted):
+            await pool.fetchone("SELECT 1", ())
+
+    asyncio.run(exhausted())
