@@ -1,8 +1,9 @@
 """make bench: the registry from this checkout under load on loopback, against nginx serving the same body.
 
-In one run: nginx first (64 and 256 connections); on SQLite with 100,000 stored instances of 4 KiB, the
-hot GET (2,000 instances read at random, each with its VM's own credential) on each candidate stack
-(``candidate.py``), PUT with 16 writers, the cold GET (cache off, all 100,000); a boot storm of 10,000 VMs;
+In one run: nginx first (64 and 256 connections); on SQLite with 100,000 stored instances of 4 KiB (each
+with the fleet row the CPI's PUT would have left), the hot GET (2,000 instances read at random, each with its
+VM's own credential) on each candidate stack (``candidate.py``), PUT with 16 writers, the cold GET (cache off,
+all 100,000); a boot storm of 10,000 VMs;
 the same hot and cold GETs on PostgreSQL; GET at 1k, 100k and 1M stored (cache off) on both; nginx last.
 Ratios are against the mean of the two nginx runs at the same connection count; their drift is reported.
 Writes bench/results.json. Environment: BENCH_SECONDS (10), BENCH_QUICK=1 (skip 1M, storm 1,000 VMs).
@@ -34,7 +35,7 @@ from sqlalchemy import create_engine, insert, text
 from sqlalchemy.engine import URL, make_url
 
 from boshreg.bootstrap.credentials import instance_token
-from boshreg.registry.tables import metadata, registry_instances
+from boshreg.registry.tables import metadata, registry_fleet, registry_instances
 from boshreg.testcloud.storm import storm
 
 HERE = Path(__file__).resolve().parent
@@ -90,17 +91,26 @@ def free_port() -> int:
 
 
 def load(url: URL, count: int) -> None:
+    """``count`` instances as the CPI's PUTs through boshreg leave them: the settings, and a fleet row each."""
     engine = create_engine(url)
     metadata.create_all(engine)
     with engine.begin() as conn:
         conn.execute(text("DELETE FROM registry_instances"))
+        conn.execute(text("DELETE FROM registry_fleet"))
+    stored_at = datetime.now(UTC)
     for start in range(0, count, 10_000):
         rows = [
             {"instance_id": f"vm-{n}", "settings": settings_document(n)}
             for n in range(start, min(count, start + 10_000))
         ]
+        fleet = [
+            {"instance_id": row["instance_id"], "stored_at": stored_at, "changed_at": stored_at,
+             "size": len(row["settings"]), "reads": 0, "refusals": 0}
+            for row in rows
+        ]  # fmt: skip
         with engine.begin() as conn:
             conn.execute(insert(registry_instances), rows)
+            conn.execute(insert(registry_fleet), fleet)
     engine.dispose()
 
 
