@@ -52,7 +52,7 @@ class ReadPool:
                 cursor = await connection.execute(sql, parameters, prepare=True)
                 return await cursor.fetchone()
             except psycopg.OperationalError as exc:
-                if reused and connection.broken:
+                if reused and connection.closed:  # the server or the network ended it while it sat idle
                     raise StaleConnection(str(exc)) from exc
                 raise
 
