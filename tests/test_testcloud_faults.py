@@ -65,7 +65,8 @@ def resolve_and_why(
     while True:  # the audit trail is written in batches
         said = boshreg("why", name, "--config", config, "--trace", "trace.json", "--json", cwd=tmp_path)
         report = json.loads(said.stdout)
-        reads_seen = sum(1 for e in report["registry"]["events"] if e["action"] == "read")
+        # Successful reads are written in aggregate every few seconds, after a refusal written at once.
+        reads_seen = sum(1 for e in report["registry"]["events"] if (e["action"], e["status"]) == ("read", 200))
         if reads_seen >= reads or time.monotonic() > wait_until:
             return Outcome(agent.returncode, json.loads(agent.stdout), report)
         time.sleep(0.2)
