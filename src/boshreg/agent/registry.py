@@ -42,10 +42,7 @@ def fetch_settings(
     """GET ``<endpoint>/instances/<key>/settings`` and return the decoded settings object."""
     url = endpoint.settings_url(key)
     # The scheme is http or https: parse_endpoint accepts nothing else.
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310
-    if endpoint.has_credentials:
-        token = base64.b64encode(f"{endpoint.user}:{endpoint.password}".encode()).decode("ascii")
-        request.add_header("Authorization", f"Basic {token}")
+    request = urllib.request.Request(url, headers=request_headers(endpoint))  # noqa: S310
     if nameservers and endpoint.scheme == "http" and not _is_ip(endpoint.host):
         address = _resolve_with(endpoint.host, nameservers, timeout)
         request = _to_address(request, address, endpoint)
@@ -61,6 +58,15 @@ def fetch_settings(
     except OSError as exc:
         raise _connection_failure(exc) from None
     return decode_answer(body)
+
+
+def request_headers(endpoint: Endpoint) -> dict[str, str]:
+    """The headers of the agent's GET: JSON asked for, basic auth from the endpoint's credentials if it has them."""
+    headers = {"Accept": "application/json"}
+    if endpoint.has_credentials:
+        token = base64.b64encode(f"{endpoint.user}:{endpoint.password}".encode()).decode("ascii")
+        headers["Authorization"] = f"Basic {token}"
+    return headers
 
 
 def decode_answer(body: bytes) -> dict[str, Any]:

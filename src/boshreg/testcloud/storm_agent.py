@@ -12,24 +12,24 @@ leaves out is the resolver's walk over other sources and its verdict, which ``--
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httptools
 
 from boshreg.agent import HttpSource
-from boshreg.agent.registry import RegistryFetchError, decode_answer, http_failure
+from boshreg.agent.registry import RegistryFetchError, decode_answer, http_failure, request_headers
 from boshreg.agent.resolver import REGISTRY_ATTEMPTS, REGISTRY_RETRY_DELAY
 from boshreg.agent.sources import json_or_base64
 from boshreg.bootstrap import nova, userdata
 from boshreg.bootstrap.endpoint import EndpointError, parse_endpoint
 from boshreg.bootstrap.verdict import boot_problems
 
+T = TypeVar("T")
 MAX_ANSWER_BYTES = 1 << 20  # a settings answer is a few KiB; past this the simulated VM gives up
 
 
@@ -65,10 +65,7 @@ async def boot(metadata_url: str, address: str, deadline: float) -> Booted:
     document = _user_data(raw)
     endpoint = parse_endpoint(document["registry"]["endpoint"], require_credentials=False)
     key = _server_name(document)
-    headers = {"Accept": "application/json"}
-    if endpoint.has_credentials:
-        token = base64.b64encode(f"{endpoint.user}:{endpoint.password}".encode()).decode("ascii")
-        headers["Authorization"] = f"Basic {token}"
+    headers = request_headers(endpoint)
     url = endpoint.settings_url(key)
     started = time.monotonic()
     body = await clock.retry(
@@ -144,7 +141,7 @@ class _Deadline:
     def remaining(self) -> float:
         return self.ends - time.monotonic()
 
-    async def retry(self, attempt: Callable[[], Any], attempts: int, delay: float) -> Any:
+    async def retry(self, attempt: Callable[[], Awaitable[T]], attempts: int, delay: float) -> T:
         for tried in range(1, attempts + 1):
             try:
                 return await attempt()
