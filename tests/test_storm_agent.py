@@ -90,3 +90,9 @@ def test_a_registry_that_is_not_there_is_retried_then_named_without_its_password
         said = failure(url, deadline=1.5)
     assert re.search(r"/instances/vm-lean-down/settings: Connection refused \(after 2 attempts\)$", said), said
     assert ADMIN_PASSWORD not in said
+
+
+def test_an_https_registry_is_named_as_beyond_the_lean_agent() -> None:
+    with metadata("vm-lean-tls", f"https://admin:{ADMIN_PASSWORD}@127.0.0.1:{free_port()}") as url:
+        said = failure(url)
+    assert said == "https://127.0.0.1: the storm's lean agents speak plain HTTP; use --agents resolver"

@@ -112,14 +112,15 @@ def _user_data(raw: bytes) -> dict[str, Any]:
 
 
 async def _metadata(base: str, path: str, address: str, clock: _Deadline, *, absent_ok: bool = False) -> bytes:
-    answer = await _get(f"{base.rstrip('/')}{path}", {}, address, clock)
+    url = f"{base.rstrip('/')}{path}"
+    answer = await _get(url, {}, address, clock)
     if answer.status == 200:
         return answer.body
     if answer.status == 404 and absent_ok:
         return b""
     if answer.status >= 500 or answer.status == 429:
-        raise _Retry(f"{base}{path}: HTTP {answer.status}")
-    raise BootFailed(f"{base}{path}: HTTP {answer.status}")
+        raise _Retry(f"{url}: HTTP {answer.status}")
+    raise BootFailed(f"{url}: HTTP {answer.status}")
 
 
 async def _registry(url: str, key: str, headers: dict[str, str], address: str, clock: _Deadline) -> bytes:
@@ -155,6 +156,10 @@ class _Deadline:
 async def _get(url: str, headers: dict[str, str], address: str, clock: _Deadline) -> _Answer:
     """One GET on a new connection from ``address``, closed after the answer, as the agent's urllib does."""
     parts = urlsplit(url)
+    if parts.scheme != "http":
+        raise BootFailed(
+            f"{parts.scheme}://{parts.hostname}: the storm's lean agents speak plain HTTP; use --agents resolver"
+        )
     host, port = parts.hostname or "", parts.port or 80
     lines = [f"GET {parts.path or '/'} HTTP/1.1", f"Host: {parts.netloc.rpartition('@')[2]}", "Connection: close"]
     lines += [f"{name}: {value}" for name, value in headers.items()]
