@@ -170,9 +170,7 @@ class RegistryApi:
         identity = self._allowed_reader(raw_id, header, client)
         if identity is None or REGISTRY_KEY.fullmatch(raw_id) is None:
             return None
-        cache = self.cache
-        version = cache.version() if cache is not None else (0, 0)
-        read_at = time.monotonic()
+        version, read_at = self._before_read()
         try:
             stored = await self._timed("read", self._bounded(self.store.get_async(raw_id)))
         except StoreUnavailable as exc:
@@ -229,9 +227,7 @@ class RegistryApi:
         """A stored instance's answer read on the loop (SQLite) and kept in the cache; None for anything else."""
         if REGISTRY_KEY.fullmatch(raw_id) is None:
             return None
-        cache = self.cache
-        version = cache.version() if cache is not None else (0, 0)
-        read_at = time.monotonic()
+        version, read_at = self._before_read()
         started = time.perf_counter()
         try:
             stored = self.store.get_inline(raw_id)
@@ -239,6 +235,10 @@ class RegistryApi:
             return None  # the full path reads again and answers 503 with the cause
         self.metrics.store_call("read", time.perf_counter() - started, failed=False)
         return self._kept(raw_id, stored, version, read_at)
+
+    def _before_read(self) -> tuple[tuple[int, int], float]:
+        """The cache's version and the time, taken before a read: an answer read across a write is not kept."""
+        return (self.cache.version() if self.cache is not None else (0, 0)), time.monotonic()
 
     def _kept(self, raw_id: str, stored: Stored, version: tuple[int, int], read_at: float) -> Answer | None:
         """The answer to a read of stored settings, kept in the cache; None when nothing is stored."""
@@ -442,8 +442,7 @@ class RegistryApi:
                 finally:
                     self._written(instance_id)
                 return JSONResponse(OK)
-            version = self.cache.version() if self.cache is not None else (0, 0)
-            read_at = time.monotonic()
+            version, read_at = self._before_read()
             stored = await self._timed("read", self._read(instance_id))
         except PayloadError as exc:
             return error(400, "error", str(exc))
@@ -459,12 +458,10 @@ class RegistryApi:
                 f"the per-VM credential of {instance_id} was revoked (its settings were deleted, or the "
                 "credential revoked, since it was issued); the VM needs user data with its current credential"
             )
-        if stored.settings is None:
+        answer = self._kept(instance_id, stored, version, read_at)
+        if answer is None:
             return error(404, "not_found", f"no settings stored for instance {instance_id}")
-        body = settings_answer(stored.settings)
-        if self.cache is not None:
-            self.cache.put(instance_id, Answer(body, stored.generation), version, read_at)
-        return Response(body, media_type="application/json")
+        return Response(answer.body, media_type="application/json")
 
     def _written(self, instance_id: str) -> None:
         """A write committed: no process may answer from what it had cached for the instance."""

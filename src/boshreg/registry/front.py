@@ -418,28 +418,23 @@ class Connection(asyncio.Protocol):
 
     def _start(self, request: _Request) -> bool:
         """Answer in place when the fast read can (True), else hand the request to the app."""
-        run: Callable[[_Request], Coroutine[Any, Any, None]] = self._run_app
-        if request.fast:
-            answer = self._fast(request)
+        work: Coroutine[Any, Any, None] | None = None
+        instance_id = self._fast_id(request) if request.fast else None
+        if instance_id is not None:
+            assert self.front.fast_read is not None
+            header = request.authorization.decode("latin-1") if request.authorization is not None else None
+            answer = self.front.fast_read(instance_id, header, self.client)
             if answer is not None:
                 request.credential = answer[1]
                 self._write(request, 200, [(b"content-type", b"application/json")], answer[0])
                 return True
             if self.front.fast_read_async is not None:
-                run = self._run_fast_async
+                work = self._run_fast_async(request, instance_id, header)
         self.busy = True
-        task = self.loop.create_task(run(request))
+        task = self.loop.create_task(work if work is not None else self._run_app(request))
         self.front.tasks.add(task)
         task.add_done_callback(self.front.tasks.discard)
         return False
-
-    def _fast(self, request: _Request) -> tuple[bytes, str] | None:
-        instance_id = self._fast_id(request)
-        if instance_id is None:
-            return None
-        assert self.front.fast_read is not None
-        header = request.authorization.decode("latin-1") if request.authorization is not None else None
-        return self.front.fast_read(instance_id, header, self.client)
 
     @staticmethod
     def _fast_id(request: _Request) -> str | None:
@@ -477,17 +472,14 @@ class Connection(asyncio.Protocol):
         elif not self.parsing and not self.queue:
             self._arm(self.limits.keepalive_timeout, self._idle_timed_out)
 
-    async def _run_fast_async(self, request: _Request) -> None:
+    async def _run_fast_async(self, request: _Request, instance_id: str, header: str | None) -> None:
         """The asynchronous fast read; the app when it has no answer."""
         assert self.front.fast_read_async is not None
-        instance_id = self._fast_id(request)
         answer: FastAnswer | None = None
-        if instance_id is not None:
-            header = request.authorization.decode("latin-1") if request.authorization is not None else None
-            try:
-                answer = await self.front.fast_read_async(instance_id, header, self.client)
-            except Exception:
-                log.exception("GET %s failed", printable_path(request.target))  # the app answers instead
+        try:
+            answer = await self.front.fast_read_async(instance_id, header, self.client)
+        except Exception:
+            log.exception("GET %s failed", printable_path(request.target))  # the app answers instead
         if answer is None:
             await self._run_app(request)
             return
