@@ -3,8 +3,8 @@
 In one run: nginx first (64 and 256 connections); on SQLite with 100,000 stored instances of 4 KiB (each
 with the fleet row the CPI's PUT would have left), the hot GET (2,000 instances read at random, each with its
 VM's own credential) on each candidate stack (``candidate.py``), PUT with 16 writers, the cold GET (cache off,
-all 100,000); a boot storm of 10,000 VMs;
-the same hot and cold GETs on PostgreSQL; GET at 1k, 100k and 1M stored (cache off) on both; nginx last.
+all 100,000); a boot storm of 10,000 VMs; the same hot and cold GETs on PostgreSQL; GET at 1k, 100k and 1M
+stored (cache off) on both; nginx last.
 Ratios are against the mean of the two nginx runs at the same connection count; their drift is reported.
 Writes bench/results.json. Environment: BENCH_SECONDS (10), BENCH_QUICK=1 (skip 1M, storm 1,000 VMs).
 """

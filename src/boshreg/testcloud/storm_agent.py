@@ -26,7 +26,7 @@ from boshreg.agent.registry import RegistryFetchError, decode_answer, http_failu
 from boshreg.agent.resolver import REGISTRY_ATTEMPTS, REGISTRY_RETRY_DELAY
 from boshreg.agent.sources import json_or_base64
 from boshreg.bootstrap import nova, userdata
-from boshreg.bootstrap.endpoint import EndpointError, parse_endpoint
+from boshreg.bootstrap.endpoint import Endpoint, EndpointError, parse_endpoint
 from boshreg.bootstrap.verdict import boot_problems
 
 T = TypeVar("T")
@@ -62,9 +62,7 @@ async def boot(metadata_url: str, address: str, deadline: float) -> Booted:
     started = time.monotonic()
     raw = await clock.retry(lambda: _source(metadata_url, address, clock), HttpSource.attempts, HttpSource.retry_delay)
     source_seconds = time.monotonic() - started
-    document = _user_data(raw)
-    endpoint = parse_endpoint(document["registry"]["endpoint"], require_credentials=False)
-    key = _server_name(document)
+    endpoint, key = _registry_of(raw)
     headers = request_headers(endpoint)
     url = endpoint.settings_url(key)
     started = time.monotonic()
@@ -85,16 +83,11 @@ async def _source(base: str, address: str, clock: _Deadline) -> bytes:
     return raw
 
 
-def _server_name(document: dict[str, Any]) -> str:
-    """The registry key on OpenStack (agent.json's UseServerName), as the resolver reads it."""
-    server = document.get("server")
-    if not (isinstance(server, dict) and server.get("name")):
-        raise BootFailed("the user data has no server.name, the key the agent reads its registry settings by")
-    return str(server["name"])
+def _registry_of(raw: bytes) -> tuple[Endpoint, str]:
+    """The registry endpoint and key in the user data, as the agent reads them; BootFailed where it could not boot.
 
-
-def _user_data(raw: bytes) -> dict[str, Any]:
-    """The user data as the agent reads it; a VM that could not boot on it fails here, as the agent would."""
+    The key is the server name (agent.json's UseServerName on OpenStack), as the resolver reads it.
+    """
     try:
         document = userdata.decode(json_or_base64(raw), "user data")
     except userdata.UserDataError as exc:
@@ -105,10 +98,13 @@ def _user_data(raw: bytes) -> dict[str, Any]:
     if userdata.is_registry_less(document):
         raise BootFailed("the user data carries the settings itself; the storm expects a registry endpoint")
     try:
-        parse_endpoint(document["registry"]["endpoint"], require_credentials=False)
+        endpoint = parse_endpoint(document["registry"]["endpoint"], require_credentials=False)
     except EndpointError as exc:
         raise BootFailed(str(exc)) from None
-    return document
+    server = document.get("server")
+    if not (isinstance(server, dict) and server.get("name")):
+        raise BootFailed("the user data has no server.name, the key the agent reads its registry settings by")
+    return endpoint, str(server["name"])
 
 
 async def _metadata(base: str, path: str, address: str, clock: _Deadline, *, absent_ok: bool = False) -> bytes:
