@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from datetime import timedelta
@@ -14,6 +15,8 @@ from sqlalchemy import create_engine
 
 from boshreg.bootstrap.credentials import instance_token
 from boshreg.registry.audit import AuditLog, query_events
+from boshreg.registry.auth import Authenticator, Caller
+from boshreg.registry.config import AdminSecret
 from boshreg.registry.tables import metadata
 from boshreg.registry.throttle import AuthThrottle
 from conftest import RegistryLauncher, assert_no_secrets
@@ -165,6 +168,33 @@ def test_admin_password_as_a_bcrypt_hash(start_registry: RegistryLauncher, tmp_p
     assert time.monotonic() - started < 1.5
     assert httpx.get(url(registry, "vm-1"), auth=("admin", "wrong")).status_code == 401
     assert "Hashed-Adm1n" not in (tmp_path / f"registry-{registry.port}.yml").read_text()
+
+
+def test_remembered_headers_are_known_again_but_a_bcrypt_password_is_held_only_as_a_digest() -> None:
+    hashed = bcrypt.hashpw(b"Hashed-Adm1n", bcrypt.gensalt(4)).decode()
+    auth = Authenticator(
+        {"admin": AdminSecret(password_hash=hashed), "ops": AdminSecret(password="Pl4in")}, INSTANCE_SECRET
+    )
+    headers = {
+        "admin": "Basic " + base64.b64encode(b"admin:Hashed-Adm1n").decode(),
+        "ops": "Basic " + base64.b64encode(b"ops:Pl4in").decode(),
+        "vm-7": "Basic " + base64.b64encode(f"vm-7:{instance_token(INSTANCE_SECRET, 'vm-7')}".encode()).decode(),
+    }
+    for header in headers.values():
+        assert auth.known(header) is None  # never seen: the full check, and the throttle, decide
+        auth.remember(header, auth.identify(header))
+    assert {user: auth.known(header) for user, header in headers.items()} == {
+        "admin": auth.identify(headers["admin"]),
+        "ops": auth.identify(headers["ops"]),
+        "vm-7": auth.identify(headers["vm-7"]),
+    }
+    assert auth.known(headers["vm-7"]).caller is Caller.INSTANCE  # type: ignore[union-attr]
+    wrong = "Basic " + base64.b64encode(b"admin:wrong").decode()
+    auth.remember(wrong, auth.identify(wrong))  # refused: not remembered
+    assert auth.known(wrong) is None
+    held = repr(vars(auth))
+    assert headers["admin"] not in held
+    assert "Hashed-Adm1n" not in held
 
 
 # --- audit trail ---------------------------------------------------------------------------------

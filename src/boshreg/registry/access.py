@@ -36,6 +36,9 @@ class Access:
     reason: str = ""
 
 
+_ALLOWED = Access(Decision.ALLOW)  # one for every allowed request: a frozen dataclass costs ~0.5 µs to build
+
+
 def decide(
     caller: Caller,
     user: str | None,
@@ -51,16 +54,16 @@ def decide(
     ``scraper``: the caller's address is one ``http.metrics_allow_from`` names.
     """
     if caller is Caller.ADMIN or (action == METRICS and scraper):
-        return Access(Decision.ALLOW)
+        return _ALLOWED
     if caller is Caller.INSTANCE:
         if action != READ:
             return Access(Decision.FORBIDDEN, "a VM's own credential may only read its settings")
         if user != instance_id:
             return Access(Decision.FORBIDDEN, f"the credential of {user} may not read another instance's settings")
-        return Access(Decision.ALLOW)
+        return _ALLOWED
     if caller is Caller.ANONYMOUS:
         if action == READ and anonymous_reads:
-            return Access(Decision.ALLOW)
+            return _ALLOWED
         if action == READ and address_check:
             return Access(Decision.CHECK_ADDRESS)
         if action == READ:

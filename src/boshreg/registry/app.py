@@ -203,9 +203,10 @@ class RegistryApi:
             return None
         if identity.caller is Caller.INSTANCE and identity.generation != answer.generation:
             return None  # a revoked credential: the full path says so
+        kind = identity.caller.value
         if self.audit is not None:
-            self.audit.record_read(raw_id, client, identity.caller.value)
-        return answer.body, identity.caller.value
+            self.audit.record_read(raw_id, client, kind)
+        return answer.body, kind
 
     def _quick_identity(self, header: str | None) -> Identity | None:
         """Who sends this header, when that is cheap to know and not a refusal; else None (the full path)."""

@@ -28,7 +28,7 @@ from urllib.parse import unquote_to_bytes
 
 import httptools
 
-from boshreg.registry.access_log import AccessLog, printable_path
+from boshreg.registry.access_log import AccessLog, Answered, printable_path
 from boshreg.registry.audit import printable
 from boshreg.registry.connections import ACCEPT_BATCH, LISTEN_BACKLOG, OpenConnections
 from boshreg.registry.peer import client_address
@@ -46,8 +46,8 @@ FastAnswer = tuple[int, list[tuple[bytes, bytes]], bytes, str]
 """A whole answer made without the app: status, headers, body, and the credential kind (the metrics)."""
 FastReadAsync = Callable[[str, str | None, str], Awaitable[FastAnswer | None]]
 """Tried after ``FastRead`` found nothing, for stores read on the event loop: an answer, or None to ask the app."""
-Observer = Callable[[str, bytes, int, str, float], None]
-"""(method, target, status, credential kind, seconds): told of every answered request (the metrics)."""
+Observer = Callable[[list[Answered]], None]
+"""Told of the requests answered in each turn of the event loop (the metrics)."""
 
 SWEEP_SECONDS = 0.25  # how often connection deadlines are compared with the clock
 PIPELINE_MAX = 16  # requests read ahead of the one being answered; past it, reading pauses
@@ -141,6 +141,29 @@ class Front:
         self.tasks: set[asyncio.Task[None]] = set()
         self._date_second = -1
         self._date = b""
+        self._answered: list[Answered] = []
+        self._accounting = False
+
+    def answered(self, method: bytes, target: bytes, status: int, credential: str, started: float, client: str) -> None:
+        """Note a request whose answer went out; logged and counted once per turn of the event loop.
+
+        Why not at once: a line formatted and a histogram updated per request, between the reads and
+        sends of other connections, cost ~2.5 µs of a ~10 µs cached read; a turn's worth at a time, less.
+        """
+        self._answered.append(Answered(method, target, status, credential, started, time.perf_counter(), client))
+        if not self._accounting:
+            self._accounting = True
+            asyncio.get_running_loop().call_soon(self.account)
+
+    def account(self) -> None:
+        """Write the access-log lines of the requests noted since the last call, and count them."""
+        self._accounting = False
+        answered, self._answered = self._answered, []
+        if not answered:
+            return
+        self.access_log.write(answered)
+        if self.observe is not None:
+            self.observe(answered)
 
     def date_header(self) -> bytes:
         """``date: ...\\r\\n``, rendered once a second."""
@@ -172,7 +195,7 @@ class Front:
             for task in list(self.tasks):
                 task.cancel()
             sweep.cancel()
-            self.access_log.flush()
+            self.account()
 
     async def _sweep(self) -> None:
         """Close connections past their deadline (head, body, idle), a few times a second."""
@@ -426,7 +449,7 @@ class Connection(asyncio.Protocol):
             answer = self.front.fast_read(instance_id, header, self.client)
             if answer is not None:
                 request.credential = answer[1]
-                self._write(request, 200, [(b"content-type", b"application/json")], answer[0])
+                self._write_settings(request, answer[0])
                 return True
             if self.front.fast_read_async is not None:
                 work = self._run_fast_async(request, instance_id, header)
@@ -589,12 +612,18 @@ class Connection(asyncio.Protocol):
         if request.method != b"HEAD":
             parts.append(body)
         self.transport.write(b"".join(parts))
-        method = request.method.decode("ascii", "replace")
-        self.front.access_log.line(method, request.target, status, request.started, self.client)
-        if self.front.observe is not None:
-            self.front.observe(
-                method, request.target, status, request.credential, time.perf_counter() - request.started
-            )
+        self.front.answered(request.method, request.target, status, request.credential, request.started, self.client)
+
+    def _write_settings(self, request: _Request, body: bytes) -> None:
+        """``_write`` for a fast read's 200 (JSON, no headers of the app's): the head in one format."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        closing = not request.keep_alive or not request.complete or self.closing
+        self.transport.write(
+            b"HTTP/1.1 200 OK\r\n%scontent-type: application/json\r\ncontent-length: %d\r\n%s\r\n%s"
+            % (self.front.date_header(), len(body), b"connection: close\r\n" if closing else b"", body)
+        )
+        self.front.answered(b"GET", request.target, 200, request.credential, request.started, self.client)
 
     def _refuse(self, status: int, message: str) -> None:
         """Answer a request the front will not pass on (400, 408, 413, 431), then close the connection.
@@ -615,9 +644,7 @@ class Connection(asyncio.Protocol):
                 b"HTTP/1.1 %d %s\r\n%scontent-type: application/json\r\ncontent-length: %d\r\n"
                 b"connection: close\r\n\r\n%s" % (status, _REASONS[status], self.front.date_header(), len(body), body)
             )
-            self.front.access_log.line("-", bytes(self.url) or b"-", status, time.perf_counter(), self.client)
-            if self.front.observe is not None:
-                self.front.observe("-", bytes(self.url), status, "none", 0.0)
+            self.front.answered(b"-", bytes(self.url) or b"-", status, "none", time.perf_counter(), self.client)
         self.closing = True
         self._close()
 

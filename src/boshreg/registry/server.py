@@ -316,7 +316,7 @@ def _serve_process(
         front_limits(config),
         OpenConnections(caps),
         scheme="https" if tls else "http",
-        observe=metrics.request,
+        observe=metrics.answered,
         fast_read_async=api.fast_read_async,
     )
 
