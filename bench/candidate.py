@@ -1,8 +1,8 @@
 """make bench only: serve the registry on another stack, so that the README's comparison is measured, not recalled.
 
 ``python bench/candidate.py STACK serve --config FILE``: the same config, store, cache, audit trail and
-throttle; only what carries the bytes differs. ``uvloop``: our front on uvloop's event loop instead of
-asyncio's. ``uvicorn``: the same ASGI application under uvicorn with httptools (the stack before the front;
+throttle; only what carries the bytes differs. ``asyncio``: our front on asyncio's own event loop instead of
+uvloop's. ``uvicorn``: the same ASGI application under uvicorn with httptools (the stack before the front;
 no fast path, so every read goes through Starlette, and uvicorn's access log is off).
 """
 
@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import uvicorn
-import uvloop
 
 from boshreg.cli import main
 from boshreg.registry import server
@@ -48,10 +47,10 @@ def _serve_on_uvicorn(
 
 if __name__ == "__main__":
     stack = sys.argv.pop(1)
-    if stack == "uvloop":
-        asyncio.run = uvloop.run  # this process only: the front's loop becomes uvloop
+    if stack == "asyncio":
+        server.run_loop = asyncio.run  # this process only: the front's loop becomes asyncio's
     elif stack == "uvicorn":
         server._serve_process = _serve_on_uvicorn
     elif stack != "front":
-        raise SystemExit(f"candidate: unknown stack {stack!r}; use front, uvloop or uvicorn")
+        raise SystemExit(f"candidate: unknown stack {stack!r}; use front, asyncio or uvicorn")
     sys.exit(main())

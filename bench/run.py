@@ -47,10 +47,10 @@ STORM_VMS = 1_000 if os.environ.get("BENCH_QUICK") else 10_000
 STORM_CONCURRENCY = 256
 HOT = 2_000  # instances read again and again (retries, polling, restarts): the cache's case
 CONNECTIONS = (64, 256)
-STACKS = ("front", "uvloop", "uvicorn")  # see candidate.py
+STACKS = ("front", "asyncio", "uvicorn")  # see candidate.py
 STACK_LABELS = {
-    "front": "our front, asyncio (chosen)",
-    "uvloop": "our front, uvloop",
+    "front": "our front, uvloop (chosen)",
+    "asyncio": "our front, asyncio's loop",
     "uvicorn": "uvicorn + Starlette, same app",
 }
 INSTANCE_SECRET = secrets.token_hex(24)

@@ -18,6 +18,7 @@ import email.utils
 import http
 import json
 import logging
+import re
 import ssl
 import time
 from collections import deque
@@ -52,8 +53,9 @@ Observer = Callable[[list[Answered]], None]
 SWEEP_SECONDS = 0.25  # how often connection deadlines are compared with the clock
 PIPELINE_MAX = 16  # requests read ahead of the one being answered; past it, reading pauses
 BODY_BUFFER_MAX = 256 * 1024  # body bytes held for the app before reading pauses
-_SETTINGS_PREFIX = b"/instances/"
-_SETTINGS_SUFFIX = b"/settings"
+# A settings GET the fast reads may answer: a plain id of the characters a registry key may have (anything
+# else, escapes and queries included, goes to the app, which says what is wrong with it).
+_FAST_TARGET = re.compile(rb"/instances/([A-Za-z0-9._:-]{1,255})/settings")
 _REASONS = {status.value: status.phrase.encode() for status in http.HTTPStatus}
 
 
@@ -82,7 +84,7 @@ class _Request:
 
     __slots__ = (
         "authorization", "body", "complete", "content_length", "credential", "disconnected", "expect_continue",
-        "fast", "headers", "keep_alive", "method", "more", "started", "target", "version",
+        "fast", "headers", "instance_id", "keep_alive", "method", "more", "started", "target", "version",
     )  # fmt: skip
 
     def __init__(self, target: bytes, headers: list[tuple[bytes, bytes]], started: float) -> None:
@@ -96,6 +98,7 @@ class _Request:
         self.content_length: int | None = None
         self.expect_continue = False
         self.fast = False
+        self.instance_id = ""  # of a fast read
         self.credential = "none"  # the kind the app or the fast read identified (the metrics' label)
         self.body = bytearray()
         self.complete = False
@@ -176,8 +179,10 @@ class Front:
     async def serve(self, sock: Any, tls: ssl.SSLContext | None, stop: asyncio.Event, grace: float = 5.0) -> None:
         """Serve on ``sock`` until ``stop`` is set; then let requests in flight finish for up to ``grace`` s."""
         loop = asyncio.get_running_loop()
-        # asyncio accepts up to ``backlog`` connections per wake-up before any is counted: a small batch keeps
-        # a flood from taking every file descriptor at once; listen() then restores the kernel's long queue.
+        # asyncio's own loop accepts up to ``backlog`` connections per wake-up before any is counted: a small
+        # batch keeps a flood from taking every file descriptor at once. uvloop (libuv) accepts what is pending
+        # in one go and counts each as it is made; the file limit is raised and the caps leave room (see
+        # ``connections``). listen() then restores the kernel's long queue.
         server = await loop.create_server(lambda: Connection(self), sock=sock, ssl=tls, backlog=ACCEPT_BATCH)
         sock.listen(LISTEN_BACKLOG)
         sweep = loop.create_task(self._sweep())
@@ -389,15 +394,12 @@ class Connection(asyncio.Protocol):
         self.current = request
         if request.content_length is not None and request.content_length > self.limits.max_body_bytes:
             raise _Refusal(413, f"body is larger than http.max_body_bytes ({self.limits.max_body_bytes} bytes)")
-        request.fast = (
-            not body_expected
-            and self.front.fast_read is not None
-            and request.method == b"GET"
-            and request.target.startswith(_SETTINGS_PREFIX)
-            and request.target.endswith(_SETTINGS_SUFFIX)
-        )
-        if request.fast:
-            return
+        if not body_expected and request.method == b"GET" and self.front.fast_read is not None:
+            fast = _FAST_TARGET.fullmatch(request.target)
+            if fast is not None:
+                request.fast = True
+                request.instance_id = fast[1].decode("ascii")
+                return
         if body_expected:
             self._arm(self.limits.request_timeout, self._body_timed_out)
         elif not self.busy:
@@ -442,8 +444,8 @@ class Connection(asyncio.Protocol):
     def _start(self, request: _Request) -> bool:
         """Answer in place when the fast read can (True), else hand the request to the app."""
         work: Coroutine[Any, Any, None] | None = None
-        instance_id = self._fast_id(request) if request.fast else None
-        if instance_id is not None:
+        if request.fast:
+            instance_id = request.instance_id
             assert self.front.fast_read is not None
             header = request.authorization.decode("latin-1") if request.authorization is not None else None
             answer = self.front.fast_read(instance_id, header, self.client)
@@ -458,14 +460,6 @@ class Connection(asyncio.Protocol):
         self.front.tasks.add(task)
         task.add_done_callback(self.front.tasks.discard)
         return False
-
-    @staticmethod
-    def _fast_id(request: _Request) -> str | None:
-        """The instance id of a settings GET the fast reads may answer (plain, no escapes or query)."""
-        instance_id = request.target[len(_SETTINGS_PREFIX) : -len(_SETTINGS_SUFFIX)]
-        if not instance_id or b"/" in instance_id or b"%" in instance_id or b"?" in instance_id:
-            return None
-        return instance_id.decode("ascii", "replace")
 
     def _finished(self, request: _Request) -> None:
         """After an answer: next request in line, or the idle timer, or the close."""

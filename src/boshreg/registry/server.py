@@ -20,13 +20,14 @@ import ssl
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import psutil
+import uvloop
 
 from boshreg.errors import BoshregError
 from boshreg.registry.app import RegistryApi, asgi_app
@@ -339,13 +340,19 @@ def _serve_process(
     log.info("serving in process %d", os.getpid())
     _settle_heap()
     try:
-        asyncio.run(run())
+        run_loop(run())
         log.info("stopped serving in process %d", os.getpid())
     finally:
         audit.stop()
         metrics.stop()
         api.close()
         store.close()
+
+
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run a worker's server on uvloop (libuv): measured side by side with asyncio's own loop on the same
+    front, 5-8% more cached reads a second and a lower p99 (README, "The serving layer")."""
+    uvloop.run(main)
 
 
 def _rate_limited_loop_errors() -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:
