@@ -29,6 +29,7 @@ import os
 import random
 import secrets
 import sqlite3
+import struct
 import threading
 import time
 from collections import OrderedDict
@@ -45,6 +46,7 @@ NOTIFY_POLL_SECONDS = 1.0
 FOREIGN_EXPIRY_SECONDS = 60.0  # PostgreSQL: how long an answer lives, for writers that send no notification
 FOREIGN_CHECK_SECONDS = 10.0  # SQLite's data_version also moves on every audit-trail commit: not more often
 _MARKER_BYTES = 8
+_MARKER = struct.Struct("<Q")  # the marker's number (read on every cached read: 50 ns, int.from_bytes 120)
 
 
 class ChangeWatch(Protocol):
@@ -99,11 +101,11 @@ class SharedMarker:
             if seen != self._foreign_seen:
                 self._foreign_seen = seen
                 self._foreign_changes += 1
-        return int.from_bytes(self._map[:_MARKER_BYTES], "little") ^ self._foreign_changes
+        return int(_MARKER.unpack_from(self._map)[0]) ^ self._foreign_changes
 
     def changed_here(self) -> None:
         # Any new value will do (readers compare for difference), so writers need no lock between them.
-        self._map[:_MARKER_BYTES] = secrets.randbits(64).to_bytes(_MARKER_BYTES, "little")
+        _MARKER.pack_into(self._map, 0, secrets.randbits(64))
 
     def close(self) -> None:
         self._map.close()
