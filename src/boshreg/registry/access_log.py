@@ -57,7 +57,6 @@ class AccessLog:
                 f"{method.decode('ascii', 'replace')} {printable_path(target)} {status} "
                 f"{(done - started) * 1000:.1f}ms {client}\n"
             )
-        text = "".join(lines)
         handler = _stream_handler()
         if handler is None:
             for entry in lines:
@@ -66,7 +65,7 @@ class AccessLog:
         handler.acquire()
         try:
             stream: TextIO = handler.stream
-            stream.write(text)
+            stream.write("".join(lines))
             stream.flush()
         except (OSError, ValueError):
             pass  # a full disk or a closed stream must not take requests down; logging itself drops such lines too

@@ -29,6 +29,7 @@ from urllib.parse import unquote_to_bytes
 
 import httptools
 
+from boshreg.bootstrap.registry_key import REGISTRY_KEY
 from boshreg.registry.access_log import AccessLog, Answered, printable_path
 from boshreg.registry.audit import printable
 from boshreg.registry.connections import ACCEPT_BATCH, LISTEN_BACKLOG, OpenConnections
@@ -53,9 +54,9 @@ Observer = Callable[[list[Answered]], None]
 SWEEP_SECONDS = 0.25  # how often connection deadlines are compared with the clock
 PIPELINE_MAX = 16  # requests read ahead of the one being answered; past it, reading pauses
 BODY_BUFFER_MAX = 256 * 1024  # body bytes held for the app before reading pauses
-# A settings GET the fast reads may answer: a plain id of the characters a registry key may have (anything
-# else, escapes and queries included, goes to the app, which says what is wrong with it).
-_FAST_TARGET = re.compile(rb"/instances/([A-Za-z0-9._:-]{1,255})/settings")
+# A settings GET the fast reads may answer: a plain id that is a registry key (anything else, escapes and
+# queries included, goes to the app, which says what is wrong with it).
+_FAST_TARGET = re.compile(rb"/instances/(" + REGISTRY_KEY.pattern.encode("ascii") + rb")/settings")
 _REASONS = {status.value: status.phrase.encode() for status in http.HTTPStatus}
 
 
