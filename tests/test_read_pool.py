@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
+import asyncpg
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL
+from sqlalchemy.pool import QueuePool
 
 from boshreg.registry.config import DbConfig
-from boshreg.registry.engine import build_engine, build_read_pool
+from boshreg.registry.engine import asyncpg_arguments, build_engine, build_read_pool
 from boshreg.registry.read_pool import PoolExhausted, ReadPool
 from boshreg.registry.store import SettingsStore, StoreUnavailable
 from conftest import usable_backend
@@ -203,3 +206,69 @@ def test_the_pool_refuses_to_wait_forever() -> None:
             await pool.fetchone("SELECT 1", ())
 
     asyncio.run(exhausted())
+
+
+def test_the_loop_s_connections_carry_the_query_timeout_and_the_registry_s_name(postgres_url: URL) -> None:
+    store = store_for(postgres_url, query_timeout=0.4)
+
+    async def settings() -> tuple[tuple[object, ...] | None, str]:
+        pool = pool_of(store)
+        named = await pool.fetchone(
+            "SELECT current_setting('application_name'), current_setting('statement_timeout')", ()
+        )
+        started = time.monotonic()
+        with pytest.raises(asyncpg.QueryCanceledError):  # the server ends it: no read outlives its request
+            await pool.fetchone("SELECT pg_sleep(5)", ())
+        return named, f"{time.monotonic() - started:.1f}"
+
+    named, took = on_a_loop(store, settings)
+    assert named == ("boshreg-registry", "400ms")
+    assert float(took) < 2
+
+
+def test_tls_and_server_options_reach_asyncpg_as_libpq_would_take_them() -> None:
+    arguments, unknown = asyncpg_arguments(
+        {
+            "host": "db.example",
+            "port": "5433",
+            "dbname": "bosh",
+            "user": "registry",
+            "password": "s3cret-pw",
+            "connect_timeout": 5,
+            "application_name": "boshreg-registry",
+            "options": "-c statement_timeout=10000 -csearch_path=registry",
+            "sslmode": "verify-full",
+            "sslrootcert": "/var/vcap/jobs/registry/config/db_ca.pem",
+            "keepalives_idle": 10,
+        }
+    )
+    assert unknown == []
+    assert arguments["port"] == 5433
+    assert arguments["database"] == "bosh"
+    assert arguments["timeout"] == 5.0
+    assert arguments["server_settings"] == {
+        "application_name": "boshreg-registry",
+        "statement_timeout": "10000",
+        "search_path": "registry",
+    }
+    assert (
+        arguments["dsn"]
+        == "postgresql://?sslmode=verify-full&sslrootcert=%2Fvar%2Fvcap%2Fjobs%2Fregistry%2Fconfig%2Fdb_ca.pem"
+    )
+
+
+def test_an_option_only_libpq_knows_keeps_the_reads_in_threads_and_says_so(
+    postgres_url: URL, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert asyncpg_arguments({"options": "--geqo=off", "gssencmode": "disable"})[1] == ["options", "gssencmode"]
+    caplog.set_level(logging.WARNING, logger="boshreg.registry.engine")
+    store = store_for(postgres_url, connection_options={"gssencmode": "disable"}, max_connections=4)
+    try:
+        assert store.read_pool is None
+        assert isinstance(store.engine.pool, QueuePool)
+        assert store.engine.pool.size() == 4  # every connection goes to the threads then
+        store.put("vm-1", SETTINGS)
+        assert store.read("vm-1").settings == SETTINGS
+    finally:
+        store.close()
+    assert "db.connection_options gssencmode: not an option asyncpg takes" in caplog.text

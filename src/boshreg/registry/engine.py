@@ -7,9 +7,13 @@ hidden from error messages: they carry agent settings, which hold credentials.
 
 from __future__ import annotations
 
+import logging
+import shlex
 import sqlite3
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL
@@ -17,39 +21,109 @@ from sqlalchemy.engine import URL
 from boshreg.registry.config import DbConfig, sqlalchemy_url
 from boshreg.registry.read_pool import ReadPool
 
+log = logging.getLogger(__name__)
+
 
 def build_engine(db: DbConfig) -> Engine:
     """An engine for the configured database, with pool and timeouts taken from ``db``."""
     url = sqlalchemy_url(db)
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(url, db)
-    threads_pool = _pool_sizes(db)[0] if _reads_on_the_loop(url) else db.max_connections
+    loop = _loop_arguments(url, db)
+    threads_pool = _pool_sizes(db)[0] if loop is not None and not loop[1] else db.max_connections
     return create_engine(url, **_server_engine_options(url, db, threads_pool))
 
 
 def build_read_pool(db: DbConfig) -> ReadPool | None:
-    """For PostgreSQL through psycopg, connections for reads on the event loop itself; else None.
+    """For PostgreSQL, asyncpg connections for reads on the event loop itself; else None (reads in threads).
 
     Reads handed to worker threads wait for the interpreter lock at each hand-off while the event loop
-    holds it, so under load a 1 ms query took tens; psycopg speaks asyncio natively (``read_pool`` says
-    why without SQLAlchemy). The same connection arguments as the thread engine (SQLAlchemy's own reading
-    of the URL, then the timeouts and ``db.connection_options``); the two share ``db.max_connections``.
+    holds it, so under load a 1 ms query took tens; asyncpg speaks asyncio natively (``read_pool`` says
+    why it, and why without SQLAlchemy). The same server, credentials, TLS and timeouts as the thread
+    engine (SQLAlchemy's own reading of the URL, then ours and ``db.connection_options``); the two share
+    ``db.max_connections``. An option asyncpg cannot take keeps the reads in threads, with a warning.
     """
     url = sqlalchemy_url(db)
-    if not _reads_on_the_loop(url):
+    loop = _loop_arguments(url, db)
+    if loop is None:
+        return None
+    arguments, unknown = loop
+    if unknown:
+        log.warning(
+            "db.connection_options %s: not an option asyncpg takes, so settings are read in worker threads "
+            "(slower under load) instead of on the event loop",
+            ", ".join(sorted(unknown)),
+        )
         return None
     options = _server_engine_options(url, db, _pool_sizes(db)[1])
-    _args, connect_kwargs = url.get_dialect()().create_connect_args(url)
     return ReadPool(
-        {**connect_kwargs, **options["connect_args"]},
-        size=options["pool_size"],
-        timeout=options["pool_timeout"],
-        recycle=options["pool_recycle"],
+        arguments, size=options["pool_size"], timeout=options["pool_timeout"], recycle=options["pool_recycle"]
     )
 
 
-def _reads_on_the_loop(url: URL) -> bool:
-    return url.get_backend_name() == "postgresql" and url.get_driver_name() == "psycopg"
+def _loop_arguments(url: URL, db: DbConfig) -> tuple[dict[str, Any], list[str]] | None:
+    """For PostgreSQL through psycopg, asyncpg's ``connect`` arguments and the options it cannot take."""
+    if url.get_backend_name() != "postgresql" or url.get_driver_name() != "psycopg":
+        return None
+    _args, libpq = url.get_dialect()().create_connect_args(url)
+    libpq.update(_server_engine_options(url, db, 1)["connect_args"])
+    return asyncpg_arguments(libpq)
+
+
+# libpq's keywords that asyncpg reads from a connection string as libpq does (TLS, the password file, ...)
+_FROM_DSN = frozenset({
+    "passfile", "sslmode", "sslcert", "sslkey", "sslrootcert", "sslcrl", "sslpassword", "sslnegotiation",
+    "ssl_min_protocol_version", "ssl_max_protocol_version", "target_session_attrs", "krbsrvname", "gsslib",
+    "service",
+})  # fmt: skip
+# TCP options for the thread engine's blocking reads; a read on the loop is bounded by its request's deadline,
+# and a connection cancelled mid-read is closed (read_pool), so these have nothing left to bound there.
+_TCP_ONLY = frozenset({"tcp_user_timeout", "keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count"})
+
+
+def asyncpg_arguments(libpq: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """libpq's connection keywords (as psycopg takes them) as asyncpg's ``connect`` arguments, and the
+    keywords that have no counterpart there."""
+    arguments: dict[str, Any] = {}
+    settings: dict[str, str] = {}
+    from_dsn: dict[str, str] = {}
+    unknown: list[str] = []
+    for key, value in libpq.items():
+        if key in ("host", "user", "password"):
+            arguments[key] = value
+        elif key == "port":
+            arguments["port"] = int(value)
+        elif key == "dbname":
+            arguments["database"] = value
+        elif key == "connect_timeout":
+            arguments["timeout"] = float(value)
+        elif key == "application_name":
+            settings[key] = str(value)
+        elif key == "options" and _server_options(str(value)) is not None:
+            settings.update(_server_options(str(value)) or {})
+        elif key in _FROM_DSN:
+            from_dsn[key] = str(value)
+        elif key not in _TCP_ONLY:
+            unknown.append(key)
+    arguments["server_settings"] = settings
+    if from_dsn:
+        arguments["dsn"] = "postgresql://?" + urlencode(from_dsn)
+    return arguments, unknown
+
+
+def _server_options(text: str) -> dict[str, str] | None:
+    """libpq's ``options`` of ``-c name=value`` settings as a mapping; None for anything else it may hold."""
+    words = shlex.split(text)
+    settings: dict[str, str] = {}
+    while words:
+        word = words.pop(0)
+        if word == "-c" and words:
+            word = "-c" + words.pop(0)
+        name, equals, value = word[2:].partition("=")
+        if not word.startswith("-c") or not equals or not name:
+            return None
+        settings[name.replace("-", "_")] = value
+    return settings
 
 
 def _pool_sizes(db: DbConfig) -> tuple[int, int]:

@@ -1,13 +1,16 @@
-"""PostgreSQL reads on the event loop, on psycopg's own async connections, with no SQLAlchemy in between.
+"""PostgreSQL reads on the event loop, on asyncpg's connections, with no SQLAlchemy in between.
 
-The settings read is one prepared statement on an autocommit connection. Through SQLAlchemy's async
-engine, checking a connection out and back in through its greenlet bridge cost more than the read: two
-processes of 64 readers each read 5,600-6,000 rows a second that way, 6,900-7,300 with only the pool
-from SQLAlchemy, and 12,900-14,900 on psycopg's connections taken from a queue. This pool is that queue,
-with what a registry needs around it: at most ``size`` connections, opened when first needed (a
-database that is down fails the read at once, with its cause, instead of making it wait out a timeout);
-waiters served first come, first served within ``timeout``; a connection that failed, is mid-query
-(a read cancelled by the request's deadline) or older than ``recycle`` closed instead of reused.
+The settings read is one statement on a connection outside any transaction; asyncpg prepares it once per
+connection and keeps it. Through SQLAlchemy's async engine, checking a connection out and back in through
+its greenlet bridge cost more than the read: two processes of 64 readers each read 5,600-6,000 rows a
+second that way, 6,900-7,300 with only the pool from SQLAlchemy, and 12,900-14,900 on psycopg's async
+connections taken from a queue. asyncpg (its protocol in Cython) then took a third of psycopg's client
+time per read (17 against 46 us, 32 readers on one loop): a cold GET through the registry 6,050 -> 7,200-7,400
+a second, side by side. This pool is that queue, with what a registry needs around it: at most ``size``
+connections, opened when first needed (a database that is down fails the read at once, with its cause,
+instead of making it wait out a timeout); waiters served first come, first served within ``timeout``; a
+connection that failed, is mid-query (a read cancelled by the request's deadline) or older than ``recycle``
+closed instead of reused.
 """
 
 from __future__ import annotations
@@ -18,10 +21,14 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
-from psycopg.pq import TransactionStatus
+import asyncpg
+
+if TYPE_CHECKING:
+    Connection = asyncpg.Connection[asyncpg.Record]
+else:
+    Connection = asyncpg.Connection
 
 
 class PoolExhausted(Exception):
@@ -33,26 +40,30 @@ class StaleConnection(Exception):
 
 
 class ReadPool:
-    """Up to ``size`` autocommit connections made with ``connect_kwargs`` (psycopg's ``connect`` arguments)."""
+    """Up to ``size`` connections made with ``connect_kwargs`` (asyncpg's ``connect`` arguments)."""
 
     def __init__(self, connect_kwargs: Mapping[str, Any], *, size: int, timeout: float, recycle: float) -> None:
         self.size = size
         self.timeout = timeout
         self.recycle = recycle
         self._connect_kwargs = dict(connect_kwargs)
-        self._idle: list[tuple[psycopg.AsyncConnection[Any], float]] = []
+        self._idle: list[tuple[Connection, float]] = []
         self._opened = 0  # connections open or being opened
         self._closed = False
-        self._waiters: deque[asyncio.Future[tuple[psycopg.AsyncConnection[Any], float] | None]] = deque()
+        self._waiters: deque[asyncio.Future[tuple[Connection, float] | None]] = deque()
 
-    async def fetchone(self, sql: str, parameters: Sequence[Any] | Mapping[str, Any]) -> tuple[Any, ...] | None:
-        """The first row of a prepared statement; psycopg's errors as they are (the store words them)."""
+    async def fetchone(self, sql: str, parameters: Sequence[Any]) -> tuple[Any, ...] | None:
+        """The first row of ``sql`` (numbered parameters: ``$1``); asyncpg's errors as they are (the store
+        words them)."""
         async with self._connection() as (connection, reused):
             try:
-                cursor = await connection.execute(sql, parameters, prepare=True)
-                return await cursor.fetchone()
-            except psycopg.OperationalError as exc:
-                if reused and connection.closed:  # the server or the network ended it while it sat idle
+                row = await connection.fetchrow(sql, *parameters)
+                return None if row is None else tuple(row)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError) as exc:
+                # The server or the network ended it while it sat idle: closed, or (the server's goodbye read,
+                # its socket's end not yet) still consuming that error, which asyncpg reports as an internal
+                # "another operation is in progress".
+                if reused and (connection.is_closed() or isinstance(exc, asyncpg.InternalClientError)):
                     raise StaleConnection(str(exc)) from exc
                 raise
 
@@ -62,29 +73,27 @@ class ReadPool:
         self._closed = True
         for connection, _ in idle:
             self._opened -= 1
-            await connection.close()
+            await _close(connection)
 
     @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[tuple[psycopg.AsyncConnection[Any], bool]]:
+    async def _connection(self) -> AsyncIterator[tuple[Connection, bool]]:
         """A connection, and whether it served before; closed if the block fails, else put back."""
         connection, opened_at, reused = await self._acquire()
         try:
             yield connection, reused
         except BaseException:
-            await self._discard(connection)
+            self._discard(connection)
             raise
         await self._release(connection, opened_at)
 
-    async def _acquire(self) -> tuple[psycopg.AsyncConnection[Any], float, bool]:
+    async def _acquire(self) -> tuple[Connection, float, bool]:
         """A connection, when it was opened, and whether it is kept from before (True) or new."""
         if self._idle:
             return (*self._idle.pop(), True)
         if self._opened < self.size:
             self._opened += 1
             return (*await self._open(), False)
-        waiter: asyncio.Future[tuple[psycopg.AsyncConnection[Any], float] | None] = (
-            asyncio.get_running_loop().create_future()
-        )
+        waiter: asyncio.Future[tuple[Connection, float] | None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
             handed = await asyncio.wait_for(asyncio.shield(waiter), self.timeout)
@@ -98,7 +107,7 @@ class ReadPool:
             return (*await self._open(), False)
         return (*handed, True)
 
-    def _give_back(self, waiter: asyncio.Future[tuple[psycopg.AsyncConnection[Any], float] | None]) -> None:
+    def _give_back(self, waiter: asyncio.Future[tuple[Connection, float] | None]) -> None:
         """A waiter that gave up: out of the queue, and whatever it was handed goes to the next one."""
         if waiter in self._waiters:
             self._waiters.remove(waiter)
@@ -112,29 +121,28 @@ class ReadPool:
             else:
                 self._hand_over(handed)
 
-    async def _open(self) -> tuple[psycopg.AsyncConnection[Any], float]:
+    async def _open(self) -> tuple[Connection, float]:
         """Open a connection in a slot already counted in ``_opened``; a failure frees the slot."""
         try:
-            connection = await psycopg.AsyncConnection.connect(**self._connect_kwargs, autocommit=True)
+            connection: Connection = await asyncpg.connect(**self._connect_kwargs)
         except BaseException:
             self._opened -= 1
             self._hand_slot()
             raise
         return connection, time.monotonic()
 
-    async def _release(self, connection: psycopg.AsyncConnection[Any], opened_at: float) -> None:
-        reusable = (
-            not connection.closed
-            and connection.info.transaction_status == TransactionStatus.IDLE
-            and time.monotonic() - opened_at < self.recycle
-            and not self._closed
-        )
-        if not reusable:
-            await self._discard(connection)
+    async def _release(self, connection: Connection, opened_at: float) -> None:
+        if connection.is_closed() or connection.is_in_transaction():
+            self._discard(connection)  # broken, or in a state a next read must not inherit
+            return
+        if self._closed or time.monotonic() - opened_at >= self.recycle:
+            self._opened -= 1  # healthy but no longer wanted: closed as the server likes it
+            self._hand_slot()
+            await _close(connection)
             return
         self._hand_over((connection, opened_at))
 
-    def _hand_over(self, pooled: tuple[psycopg.AsyncConnection[Any], float]) -> None:
+    def _hand_over(self, pooled: tuple[Connection, float]) -> None:
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
@@ -142,11 +150,11 @@ class ReadPool:
                 return
         self._idle.append(pooled)
 
-    async def _discard(self, connection: psycopg.AsyncConnection[Any]) -> None:
+    def _discard(self, connection: Connection) -> None:
+        """A connection that failed or was cancelled mid-query: closed at once, its state unknown."""
         self._opened -= 1
         self._hand_slot()
-        with contextlib.suppress(psycopg.Error):  # already broken: nothing more to release
-            await connection.close()
+        connection.terminate()
 
     def _hand_slot(self) -> None:
         """A connection fewer: the first waiter may open one of its own."""
@@ -158,3 +166,9 @@ class ReadPool:
                 self._opened += 1  # reserved for the waiter, which opens it (_acquire)
                 waiter.set_result(None)
                 return
+
+
+async def _close(connection: Connection) -> None:
+    """Say goodbye to the server (within a second); a connection already gone is simply let go."""
+    with contextlib.suppress(asyncpg.InterfaceError, asyncpg.PostgresError, OSError, TimeoutError):
+        await connection.close(timeout=1)

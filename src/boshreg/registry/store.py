@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-import psycopg
+import asyncpg
 from sqlalchemy import Connection, Engine, PoolProxiedConnection, bindparam, delete, inspect, select, text, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.engine import URL
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.sql.dml import Insert
 
@@ -41,6 +42,11 @@ _NO_FREE_CONNECTION = (
 )
 
 _MYSQL_DATA_TOO_LONG = 1406
+_ASYNCPG = URL.create("postgresql+asyncpg").get_dialect()()  # the read pool's paramstyle: $1
+# SQLSTATE classes of a database that cannot answer now (psycopg calls them OperationalError): connection,
+# authorization, no such database, insufficient resources, operator intervention (shutdown, a cancelled
+# statement), system error.
+_UNAVAILABLE_CLASSES = frozenset({"08", "28", "3D", "53", "57", "58"})
 _NOTIFY = text("SELECT pg_notify(:channel, :instance_id)")
 _GET_SETTINGS = select(registry_instances.c.settings).where(
     registry_instances.c.instance_id == bindparam("instance_id")
@@ -131,7 +137,7 @@ class SettingsStore:
     """Get, put and delete the settings text of one instance; blocking calls, run them in a thread.
 
     Reads have two faster forms, each where it pays: ``get_inline`` on SQLite, ``get_async`` where a
-    ``read_pool`` is given (PostgreSQL through psycopg).
+    ``read_pool`` is given (PostgreSQL, on asyncpg's connections).
     """
 
     def __init__(self, engine: Engine, read_pool: ReadPool | None = None) -> None:
@@ -148,10 +154,11 @@ class SettingsStore:
             SqliteWriters(engine.url.database) if engine.dialect.name == "sqlite" else contextlib.nullcontext()
         )
         self._commits = GroupCommit(engine, self.writer)  # one commit (one disk flush) for writes that queued
-        # The statements every PUT and every read repeat, compiled once (driver_sql); the thread engine speaks
-        # psycopg's paramstyle on PostgreSQL, so the read's compiled form serves the read pool too.
+        # The statements every PUT and every read repeat, compiled once (driver_sql); the read pool's in
+        # asyncpg's numbered parameters.
         self._upsert_settings = DriverStatement(_upsert(engine.dialect.name), engine.dialect)
         self._read = DriverStatement(_READ, engine.dialect)
+        self._read_async = DriverStatement(_READ, _ASYNCPG) if read_pool is not None else self._read
 
     @property
     def reads_inline(self) -> bool:
@@ -242,18 +249,21 @@ class SettingsStore:
         if not self._schema_ready:  # the database was down at start: check the table from a thread, once
             await asyncio.to_thread(self.ensure_schema)
         assert self.read_pool is not None
-        parameters = self._read.parameters({"instance_id": instance_id})
+        parameters = self._read_async.parameters({"instance_id": instance_id})
+        assert isinstance(parameters, tuple)
         for attempt in (1, 2):
             try:
-                return _stored(await self.read_pool.fetchone(self._read.sql, parameters))
+                return _stored(await self.read_pool.fetchone(self._read_async.sql, parameters))
             except PoolExhausted:
                 raise StoreUnavailable(_NO_FREE_CONNECTION.format(database=self.database)) from None
             except StaleConnection as exc:
                 if attempt == 1:
                     continue
                 raise StoreUnavailable(f"database connection lost ({self.database}): {_first_line(exc)}") from None
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                raise StoreUnavailable(f"database unavailable ({self.database}): {_first_line(exc)}") from None
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError) as exc:
+                if isinstance(exc, asyncpg.PostgresError) and exc.sqlstate[:2] not in _UNAVAILABLE_CLASSES:
+                    raise  # a fault of the statement or the schema, not of the database being there
+                raise StoreUnavailable(f"database unavailable ({self.database}): {_loop_cause(exc)}") from None
         raise AssertionError("unreachable: the second attempt returns or raises")
 
     def put(self, instance_id: str, settings: str) -> None:
@@ -442,3 +452,13 @@ def _first_line(error: BaseException) -> str:
 def _mysql_code(exc: sa_exc.DBAPIError) -> int | None:
     args = getattr(exc.orig, "args", ())
     return args[0] if args and isinstance(args[0], int) else None
+
+
+def _loop_cause(exc: BaseException) -> str:
+    """Why a read on the event loop failed, in a few words: asyncpg's network errors are the event loop's
+    bare ``OSError``s (asyncio's say "Connect call failed", whatever the cause)."""
+    if isinstance(exc, TimeoutError):
+        return "no answer within db.connect_timeout"
+    if isinstance(exc, OSError) and exc.errno:
+        return f"{os.strerror(exc.errno)} ({_first_line(exc)})"
+    return _first_line(exc)
