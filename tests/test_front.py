@@ -12,6 +12,7 @@ import os
 import resource
 import selectors
 import shutil
+import signal
 import socket
 import threading
 import time
@@ -418,3 +419,49 @@ def test_header_floods_do_not_grow_the_server(registry: RegistryProcess, capsys:
     assert growth_mib < 32
     assert max(accepted) < 8 * 2**20  # refused at the head limit, not after the flood
     assert os.path.exists(f"/proc/{registry.process.pid}")
+
+
+@pytest.mark.faults
+@pytest.mark.usefixtures("many_files")
+def test_a_burst_of_connections_past_the_file_limit_at_once_leaves_the_server_serving(
+    limited_registry: RegistryProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """uvloop accepts every pending connection in one wake-up, before any of them is counted: a burst larger than
+    the file limit, all connecting at once, must not exhaust the process's descriptors or stop its service."""
+    registry = limited_registry
+    assert registry.process is not None
+    burst: list[socket.socket] = []
+    os.kill(registry.process.pid, signal.SIGSTOP)  # every connect of the burst waits in the accept queue ...
+    try:
+        for _ in range(SLOW_CONNECTIONS + 300):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            sock.bind(("127.0.0.5", 0))
+            sock.connect_ex(("127.0.0.1", registry.port))  # all in flight together, none waited for
+            burst.append(sock)
+        time.sleep(0.5)  # the kernel completes the handshakes
+        os.kill(registry.process.pid, signal.SIGCONT)  # ... and the server wakes to all of them at once
+        time.sleep(1.0)
+
+        latencies = []
+        for _ in range(20):
+            started = time.monotonic()
+            with connect(registry, source="127.0.0.6", timeout=5) as sock:
+                sock.sendall(request("GET", "/healthz", headers=b""))
+                assert read_response(sock, bytearray())[0] == 200
+            latencies.append(time.monotonic() - started)
+    finally:
+        os.kill(registry.process.pid, signal.SIGCONT)
+        for sock in burst:
+            sock.close()
+    with capsys.disabled():
+        print(
+            f"\n  connection burst: {len(burst):,} connects at once from one address against a {FILE_LIMIT:,}-file "
+            f"limit: others served in at most {max(latencies) * 1000:.1f} ms (20 requests)"
+        )
+    assert max(latencies) < 1.0, f"others waited {max(latencies):.2f} s after the burst"
+    log = registry.stderr()
+    assert "Traceback" not in log
+    assert "out of system resource" not in log
+    assert "Too many open files" not in log
+    assert log.count("refused connections") <= 3
