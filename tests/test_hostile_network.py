@@ -18,12 +18,14 @@ from sqlalchemy.engine import URL
 from boshreg.bootstrap.credentials import instance_token
 from boshreg.registry.audit import REFUSALS_WINDOW, AuditLog, Event, escape_id, printable, query_events
 from boshreg.registry.auth import Authenticator, Caller
-from boshreg.registry.config import AdminSecret
+from boshreg.registry.config import AdminSecret, DbConfig
+from boshreg.registry.engine import build_engine
 from boshreg.registry.store import SettingsStore
 from boshreg.registry.tables import registry_events
 from boshreg.registry.throttle import AuthThrottle
 from conftest import RegistryLauncher
 from support.cli import boshreg
+from support.proxy import TcpProxy
 from support.registry import ADMIN_PASSWORD, RegistryProcess
 
 ADMIN = ("admin", ADMIN_PASSWORD)
@@ -72,6 +74,35 @@ def test_one_event_the_database_refuses_is_dropped_alone(server_database_url: UR
     store.close()
     # PostgreSQL refuses a NUL in text; MariaDB stores it. Either way the good events are all there.
     assert [i for i in stored if i.startswith("vm-")] == ["vm-0", "vm-1", "vm-2"]
+
+
+def test_events_wait_in_memory_while_the_database_is_away_and_none_is_lost(server_database_url: URL) -> None:
+    proxy = TcpProxy(server_database_url.host or "127.0.0.1", server_database_url.port or 0).start()
+    through_proxy = server_database_url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    store = SettingsStore(build_engine(DbConfig(url=through_proxy, connect_timeout=1)))
+    try:
+        store.ensure_schema()
+        audit = AuditLog(store.engine, max_age=timedelta(days=1), max_rows=1000)
+        now = datetime.now(UTC)
+        audit._enqueue(Event(now, "write", "vm-before", "10.0.0.1", "admin", 200, "ok"))
+        audit.flush()  # a pooled connection now exists: the cut breaks it mid-use
+        proxy.cut()
+        for n in range(5):
+            audit._enqueue(Event(now, "write", f"vm-{n}", "10.0.0.1", "admin", 200, "ok"))
+            audit.record_read(f"vm-{n}", "10.0.0.2", "per-vm")
+        audit.flush()
+        assert audit.queue_depth == 10  # kept, not dropped: five writes and five counted reads
+        proxy.restore()
+        audit.flush()
+        assert audit.queue_depth == 0
+        assert audit.dropped_total == 0
+    finally:
+        store.close()
+        proxy.close()
+    stored = [(event.action, event.instance_id) for event in events_of(server_database_url)]
+    assert sorted(stored) == sorted(
+        [("write", "vm-before")] + [(action, f"vm-{n}") for n in range(5) for action in ("write", "read")]
+    )
 
 
 def test_refusals_from_one_address_are_counted_not_written_one_by_one(

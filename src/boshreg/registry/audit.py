@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, insert, select
+import psycopg
+import psycopg.sql
+from sqlalchemy import Connection, Engine, delete, func, insert, select
 from sqlalchemy import exc as sa_exc
 
 from boshreg.errors import BoshregError
@@ -242,7 +244,10 @@ class AuditLog:
         The trail comes first: a fleet update the database refuses is logged, never a reason to lose events.
         """
         with self._writer, self.engine.begin() as conn:
-            driver_statement(_INSERT, conn.dialect, _COLUMNS).run_many(conn, [event.row() for event in batch])
+            if conn.dialect.name == "postgresql":
+                _copy_events(conn, batch)
+            else:
+                driver_statement(_INSERT, conn.dialect, _COLUMNS).run_many(conn, [event.row() for event in batch])
         changes = changes_of(batch)
         for attempt in range(FLEET_ATTEMPTS):
             try:
@@ -328,6 +333,26 @@ class AuditLog:
         self.flush()
 
 
+def _copy_events(conn: Connection, batch: list[Event]) -> None:
+    """The events into the trail through PostgreSQL's COPY, in the caller's transaction.
+
+    Why: psycopg's executemany sends a statement per row (in a pipeline), ~10 us of the writer's time each;
+    a COPY row is ~1 us. The same columns and values as the INSERT; the database refuses a bad row the same way.
+    """
+    driver = conn.connection.driver_connection
+    assert isinstance(driver, psycopg.Connection)
+    try:
+        with driver.cursor() as cursor, cursor.copy(_COPY_EVENTS) as copy:
+            for event in batch:
+                copy.write_row([getattr(event, name) for name in _COLUMNS])
+    except psycopg.Error as exc:  # as SQLAlchemy would have raised it: flush keeps, retries or isolates by kind
+        if isinstance(exc, psycopg.OperationalError) and driver.closed:
+            conn.invalidate()  # never back into the pool
+        raise sa_exc.DBAPIError.instance(
+            "COPY registry_events", None, exc, psycopg.Error, hide_parameters=True
+        ) from None
+
+
 def query_events(
     engine: Engine, *, instance_id: str | None = None, since: datetime | None = None, limit: int = 1000
 ) -> list[Event]:
@@ -361,6 +386,9 @@ def _aware(value: datetime) -> datetime:
 
 _COLUMNS = tuple(column.name for column in registry_events.columns if column.name != "id")
 _INSERT = insert(registry_events)
+_COPY_EVENTS = psycopg.sql.SQL("COPY {} ({}) FROM STDIN").format(
+    psycopg.sql.Identifier(registry_events.name), psycopg.sql.SQL(", ").join(map(psycopg.sql.Identifier, _COLUMNS))
+)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 
 
