@@ -272,3 +272,18 @@ def test_an_option_only_libpq_knows_keeps_the_reads_in_threads_and_says_so(
     finally:
         store.close()
     assert "db.connection_options gssencmode: not an option asyncpg takes" in caplog.text
+
+
+def test_reads_arriving_together_each_get_their_own_settings_and_generation(postgres_url: URL) -> None:
+    store = store_for(postgres_url)
+    for n in range(5):
+        store.put(f"vm-{n}", f'{{"agent_id": "a-{n}"}}')
+    store.revoke("vm-2")  # its per-VM credential is of generation 1 now
+    wanted = [f"vm-{n % 7}" for n in range(140)]  # vm-5 and vm-6 are not stored; every id asked for 20 times
+
+    async def together() -> list[tuple[str | None, int]]:
+        found = await asyncio.gather(*(store.get_async(instance_id) for instance_id in wanted))
+        return [(stored.settings, stored.generation) for stored in found]
+
+    expected = [(f'{{"agent_id": "a-{n % 7}"}}' if n % 7 < 5 else None, 1 if n % 7 == 2 else 0) for n in range(140)]
+    assert on_a_loop(store, together) == expected

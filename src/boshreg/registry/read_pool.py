@@ -53,11 +53,26 @@ class ReadPool:
 
     async def fetchone(self, sql: str, parameters: Sequence[Any]) -> tuple[Any, ...] | None:
         """The first row of ``sql`` (numbered parameters: ``$1``); asyncpg's errors as they are (the store
-        words them). The connection is closed if the read fails or is cancelled, else put back (written out
-        here, not as a context manager: that was ~4 us of a cold read's ~150)."""
+        words them)."""
+        row = await self._run(sql, parameters, one=True)
+        assert row is None or isinstance(row, asyncpg.Record)
+        return None if row is None else tuple(row)
+
+    async def fetchall(self, sql: str, parameters: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Every row of ``sql``, as ``fetchone`` reads one."""
+        rows = await self._run(sql, parameters, one=False)
+        assert isinstance(rows, list)
+        return [tuple(row) for row in rows]
+
+    async def _run(self, sql: str, parameters: Sequence[Any], *, one: bool) -> Any:
+        """The statement on a pooled connection, closed if the statement fails or is cancelled, else put back
+        (written out here, not as a context manager: that was ~4 us of a cold read's ~150)."""
         connection, opened_at, reused = await self._acquire()
         try:
-            row = await connection.fetchrow(sql, *parameters)
+            if one:
+                result: Any = await connection.fetchrow(sql, *parameters)
+            else:
+                result = await connection.fetch(sql, *parameters)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError) as exc:
             # The server or the network ended it while it sat idle: closed, or (the server's goodbye read, its
             # socket's end not yet) still consuming that error, which asyncpg reports as an internal "another
@@ -71,7 +86,7 @@ class ReadPool:
             self._discard(connection)
             raise
         await self._release(connection, opened_at)
-        return None if row is None else tuple(row)
+        return result
 
     async def close(self) -> None:
         """Close the idle connections; those in use are closed as they come back."""

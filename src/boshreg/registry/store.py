@@ -20,7 +20,19 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import asyncpg
-from sqlalchemy import Connection, Engine, PoolProxiedConnection, bindparam, delete, inspect, select, text, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    PoolProxiedConnection,
+    String,
+    bindparam,
+    delete,
+    func,
+    inspect,
+    select,
+    text,
+    update,
+)
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import URL
@@ -32,6 +44,7 @@ from boshreg.errors import BoshregError
 from boshreg.registry.cache import CHANNEL
 from boshreg.registry.driver_sql import DriverStatement
 from boshreg.registry.group_commit import GroupCommit
+from boshreg.registry.read_batch import ReadBatches
 from boshreg.registry.read_pool import PoolExhausted, ReadPool, StaleConnection
 from boshreg.registry.tables import metadata, registry_credentials, registry_events, registry_instances
 
@@ -56,6 +69,17 @@ _GET_GENERATION = select(registry_credentials.c.generation).where(
 )
 # A read answers both in one round trip: a per-VM credential is good only for the current generation.
 _READ = select(_GET_SETTINGS.scalar_subquery(), _GET_GENERATION.scalar_subquery())
+# The same for many ids at once (read_batch): a row per id given, the id first.
+_WANTED = (
+    func.unnest(bindparam("instance_ids", type_=postgresql.ARRAY(String))).table_valued("id").render_derived("wanted")
+)
+_READ_MANY = select(
+    _WANTED.c.id,
+    select(registry_instances.c.settings).where(registry_instances.c.instance_id == _WANTED.c.id).scalar_subquery(),
+    select(registry_credentials.c.generation)
+    .where(registry_credentials.c.instance_id == _WANTED.c.id)
+    .scalar_subquery(),
+)
 T = TypeVar("T")
 
 
@@ -158,7 +182,8 @@ class SettingsStore:
         # asyncpg's numbered parameters.
         self._upsert_settings = DriverStatement(_upsert(engine.dialect.name), engine.dialect)
         self._read = DriverStatement(_READ, engine.dialect)
-        self._read_async = DriverStatement(_READ, _ASYNCPG) if read_pool is not None else self._read
+        self._read_many = DriverStatement(_READ_MANY, _ASYNCPG) if read_pool is not None else None
+        self._batches = ReadBatches(self._fetch_many)
 
     @property
     def reads_inline(self) -> bool:
@@ -248,12 +273,9 @@ class SettingsStore:
             return await asyncio.to_thread(self.read, instance_id)
         if not self._schema_ready:  # the database was down at start: check the table from a thread, once
             await asyncio.to_thread(self.ensure_schema)
-        assert self.read_pool is not None
-        parameters = self._read_async.parameters({"instance_id": instance_id})
-        assert isinstance(parameters, tuple)
         for attempt in (1, 2):
             try:
-                return _stored(await self.read_pool.fetchone(self._read_async.sql, parameters))
+                return _stored(await self._batches.read(instance_id))
             except PoolExhausted:
                 raise StoreUnavailable(_NO_FREE_CONNECTION.format(database=self.database)) from None
             except StaleConnection as exc:
@@ -265,6 +287,14 @@ class SettingsStore:
                     raise  # a fault of the statement or the schema, not of the database being there
                 raise StoreUnavailable(f"database unavailable ({self.database}): {_loop_cause(exc)}") from None
         raise AssertionError("unreachable: the second attempt returns or raises")
+
+    async def _fetch_many(self, instance_ids: list[str]) -> list[tuple[Any, ...]]:
+        """One statement for the reads of one loop turn (read_batch): each id's settings and generation."""
+        assert self.read_pool is not None
+        assert self._read_many is not None
+        parameters = self._read_many.parameters({"instance_ids": instance_ids})
+        assert isinstance(parameters, tuple)
+        return await self.read_pool.fetchall(self._read_many.sql, parameters)
 
     def put(self, instance_id: str, settings: str) -> None:
         """Create or replace the settings of one instance, committed before returning."""
