@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,3 +90,16 @@ def test_each_word_and_fact_is_spelled_in_one_module(text: str, home: str) -> No
         if text in value.split() or value == text or (len(text) > 8 and text in value)
     ]
     assert all(place.startswith(home) for place in found), found
+
+
+def test_a_registry_on_sqlite_does_not_load_the_postgresql_loop_driver() -> None:
+    """asyncpg is ~3 MiB a worker: loaded where PostgreSQL is read on the event loop, not by every registry."""
+    probe = (
+        "import sys\n"
+        "from boshreg.registry import server, store, engine\n"
+        "from boshreg.registry.config import DbConfig\n"
+        "engine.build_read_pool(DbConfig(adapter='sqlite', database=':memory:'))\n"
+        "print('asyncpg' in sys.modules)\n"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "False"

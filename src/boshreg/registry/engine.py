@@ -12,14 +12,16 @@ import shlex
 import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL
 
 from boshreg.registry.config import DbConfig, sqlalchemy_url
-from boshreg.registry.read_pool import ReadPool
+
+if TYPE_CHECKING:
+    from boshreg.registry.read_pool import ReadPool
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,8 @@ def build_read_pool(db: DbConfig) -> ReadPool | None:
             ", ".join(sorted(unknown)),
         )
         return None
+    from boshreg.registry.read_pool import ReadPool  # and asyncpg with it: only where PostgreSQL is read here
+
     options = _server_engine_options(url, db, _pool_sizes(db)[1])
     return ReadPool(
         arguments, size=options["pool_size"], timeout=options["pool_timeout"], recycle=options["pool_recycle"]

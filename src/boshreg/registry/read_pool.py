@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -28,6 +29,26 @@ if TYPE_CHECKING:
     Connection = asyncpg.Connection[asyncpg.Record]
 else:
     Connection = asyncpg.Connection
+
+
+# What a read here may fail with: the server's errors, the client's, and the event loop's bare network errors.
+DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
+# SQLSTATE classes of a database that cannot answer now (psycopg calls them OperationalError): connection,
+# authorization, no such database, insufficient resources, operator intervention (shutdown, a cancelled
+# statement), system error.
+_UNAVAILABLE_CLASSES = frozenset({"08", "28", "3D", "53", "57", "58"})
+
+
+def unavailable_cause(exc: BaseException) -> str | None:
+    """Why the database could not answer (the caller keeps the first line); None for a fault of the statement
+    or the schema. asyncio's network errors all say "Connect call failed": the errno says why."""
+    if isinstance(exc, asyncpg.PostgresError):
+        return str(exc) if exc.sqlstate[:2] in _UNAVAILABLE_CLASSES else None
+    if isinstance(exc, TimeoutError):
+        return "no answer within db.connect_timeout"
+    if isinstance(exc, OSError) and exc.errno:
+        return f"{os.strerror(exc.errno)} ({exc})"
+    return str(exc) or type(exc).__name__
 
 
 class PoolExhausted(Exception):
@@ -73,7 +94,7 @@ class ReadPool:
                 result: Any = await connection.fetchrow(sql, *parameters)
             else:
                 result = await connection.fetch(sql, *parameters)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError) as exc:
+        except DRIVER_ERRORS as exc:
             # The server or the network ended it while it sat idle: closed, or (the server's goodbye read, its
             # socket's end not yet) still consuming that error, which asyncpg reports as an internal "another
             # operation is in progress".

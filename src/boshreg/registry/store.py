@@ -17,9 +17,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import asyncpg
 from sqlalchemy import (
     Connection,
     Engine,
@@ -45,8 +44,10 @@ from boshreg.registry.cache import CHANNEL
 from boshreg.registry.driver_sql import DriverStatement
 from boshreg.registry.group_commit import GroupCommit
 from boshreg.registry.read_batch import ReadBatches
-from boshreg.registry.read_pool import PoolExhausted, ReadPool, StaleConnection
 from boshreg.registry.tables import metadata, registry_credentials, registry_events, registry_instances
+
+if TYPE_CHECKING:  # asyncpg is imported only where PostgreSQL is read on the loop (~3 MiB a process)
+    from boshreg.registry.read_pool import ReadPool
 
 log = logging.getLogger(__name__)
 _SQL_LOG = logging.getLogger("sqlalchemy.engine.Engine")  # each statement, at loglevel: debug
@@ -56,10 +57,6 @@ _NO_FREE_CONNECTION = (
 
 _MYSQL_DATA_TOO_LONG = 1406
 _ASYNCPG = URL.create("postgresql+asyncpg").get_dialect()()  # the read pool's paramstyle: $1
-# SQLSTATE classes of a database that cannot answer now (psycopg calls them OperationalError): connection,
-# authorization, no such database, insufficient resources, operator intervention (shutdown, a cancelled
-# statement), system error.
-_UNAVAILABLE_CLASSES = frozenset({"08", "28", "3D", "53", "57", "58"})
 _NOTIFY = text("SELECT pg_notify(:channel, :instance_id)")
 _GET_SETTINGS = select(registry_instances.c.settings).where(
     registry_instances.c.instance_id == bindparam("instance_id")
@@ -273,19 +270,22 @@ class SettingsStore:
             return await asyncio.to_thread(self.read, instance_id)
         if not self._schema_ready:  # the database was down at start: check the table from a thread, once
             await asyncio.to_thread(self.ensure_schema)
+        from boshreg.registry import read_pool  # loaded with the pool (engine.build_read_pool)
+
         for attempt in (1, 2):
             try:
                 return _stored(await self._batches.read(instance_id))
-            except PoolExhausted:
+            except read_pool.PoolExhausted:
                 raise StoreUnavailable(_NO_FREE_CONNECTION.format(database=self.database)) from None
-            except StaleConnection as exc:
+            except read_pool.StaleConnection as exc:
                 if attempt == 1:
                     continue
                 raise StoreUnavailable(f"database connection lost ({self.database}): {_first_line(exc)}") from None
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError) as exc:
-                if isinstance(exc, asyncpg.PostgresError) and exc.sqlstate[:2] not in _UNAVAILABLE_CLASSES:
+            except read_pool.DRIVER_ERRORS as exc:
+                cause = read_pool.unavailable_cause(exc)
+                if cause is None:
                     raise  # a fault of the statement or the schema, not of the database being there
-                raise StoreUnavailable(f"database unavailable ({self.database}): {_loop_cause(exc)}") from None
+                raise StoreUnavailable(f"database unavailable ({self.database}): {_first_line(cause)}") from None
         raise AssertionError("unreachable: the second attempt returns or raises")
 
     async def _fetch_many(self, instance_ids: list[str]) -> list[tuple[Any, ...]]:
@@ -474,7 +474,8 @@ def _cause(exc: sa_exc.DBAPIError) -> str:
     return _first_line(exc.orig if exc.orig is not None else exc)
 
 
-def _first_line(error: BaseException) -> str:
+def _first_line(error: BaseException | str) -> str:
+    """An error's (or a cause's) first line, any URL's password hidden."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return redact_url(lines[0]) if lines else type(error).__name__
 
@@ -482,13 +483,3 @@ def _first_line(error: BaseException) -> str:
 def _mysql_code(exc: sa_exc.DBAPIError) -> int | None:
     args = getattr(exc.orig, "args", ())
     return args[0] if args and isinstance(args[0], int) else None
-
-
-def _loop_cause(exc: BaseException) -> str:
-    """Why a read on the event loop failed, in a few words: asyncpg's network errors are the event loop's
-    bare ``OSError``s (asyncio's say "Connect call failed", whatever the cause)."""
-    if isinstance(exc, TimeoutError):
-        return "no answer within db.connect_timeout"
-    if isinstance(exc, OSError) and exc.errno:
-        return f"{os.strerror(exc.errno)} ({_first_line(exc)})"
-    return _first_line(exc)
