@@ -24,6 +24,8 @@ from sqlalchemy import (
     Connection,
     Engine,
     Integer,
+    String,
+    any_,
     bindparam,
     delete,
     func,
@@ -129,6 +131,10 @@ def apply_changes(conn: Connection, changes: dict[str, Change]) -> None:
 
 
 def _present(conn: Connection, instance_ids: list[str]) -> set[str]:
+    """Which of the ids have a fleet row. On PostgreSQL one statement, compiled once, over an array of them
+    (an IN of 500 parameters, rebuilt by SQLAlchemy for every chunk, was a third of the writer's time there)."""
+    if conn.dialect.name == "postgresql":
+        return set(driver_statement(_PRESENT_IN_ARRAY, conn.dialect).run(conn, {"p_ids": instance_ids}).scalars())
     found: set[str] = set()
     for start in range(0, len(instance_ids), 500):
         chunk = instance_ids[start : start + 500]
@@ -146,6 +152,9 @@ def _newer(column: Any, value: Any, *, inclusive: bool) -> ColumnElement[bool]:
 
 
 _DELETE = delete(registry_fleet).where(_F.instance_id == bindparam("p_id"))
+_PRESENT_IN_ARRAY = select(_F.instance_id).where(
+    _F.instance_id == any_(bindparam("p_ids", type_=postgresql.ARRAY(String)))
+)
 
 # MySQL evaluates SET from left to right with the new values: who and what before when.
 _READ_NEWER = _newer(_F.last_read_at, _param("p_last_read", _F.last_read_at), inclusive=True)
