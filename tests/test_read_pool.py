@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import asyncpg
+import asyncpg.exceptions._base as asyncpg_base
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL
@@ -17,7 +18,7 @@ from sqlalchemy.pool import QueuePool
 
 from boshreg.registry.config import DbConfig
 from boshreg.registry.engine import asyncpg_arguments, build_engine, build_read_pool
-from boshreg.registry.read_pool import PoolExhausted, ReadPool
+from boshreg.registry.read_pool import PoolExhausted, ReadPool, unavailable_cause
 from boshreg.registry.store import SettingsStore, StoreUnavailable
 from conftest import usable_backend
 from support.registry import free_port
@@ -287,3 +288,25 @@ def test_reads_arriving_together_each_get_their_own_settings_and_generation(post
 
     expected = [(f'{{"agent_id": "a-{n % 7}"}}' if n % 7 < 5 else None, 1 if n % 7 == 2 else 0) for n in range(140)]
     assert on_a_loop(store, together) == expected
+
+
+def test_an_id_postgresql_cannot_hold_reads_as_not_stored_without_failing_the_reads_beside_it(
+    postgres_url: URL,
+) -> None:
+    store = store_for(postgres_url)
+    store.put("vm-1", SETTINGS)
+
+    async def together() -> list[str | None]:
+        found = await asyncio.gather(*(store.get_async(i) for i in ("vm-1", "x\x00", "bad\udcff", "vm-1")))
+        return [stored.settings for stored in found]
+
+    assert on_a_loop(store, together) == [SETTINGS, None, None, SETTINGS]
+
+
+def test_what_the_loop_s_driver_fails_with_is_worded_as_unavailable_or_left_as_a_fault() -> None:
+    refused = ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 5432)")
+    assert unavailable_cause(refused) == "Connection refused ([Errno 111] Connect call failed ('127.0.0.1', 5432))"
+    assert unavailable_cause(TimeoutError()) == "no answer within db.connect_timeout"
+    assert unavailable_cause(asyncpg.AdminShutdownError("terminating connection")) == "terminating connection"
+    assert unavailable_cause(asyncpg.UndefinedTableError("no such table")) is None  # the schema's fault: a 500
+    assert unavailable_cause(asyncpg_base.DataError("invalid input for query argument $1")) is None

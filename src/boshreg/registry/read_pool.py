@@ -44,6 +44,8 @@ def unavailable_cause(exc: BaseException) -> str | None:
     or the schema. asyncio's network errors all say "Connect call failed": the errno says why."""
     if isinstance(exc, asyncpg.PostgresError):
         return str(exc) if exc.sqlstate[:2] in _UNAVAILABLE_CLASSES else None
+    if isinstance(exc, asyncpg.InterfaceError) and isinstance(exc, ValueError):
+        return None  # an argument asyncpg could not encode (its client-side DataError): the statement's fault
     if isinstance(exc, TimeoutError):
         return "no answer within db.connect_timeout"
     if isinstance(exc, OSError) and exc.errno:

@@ -260,7 +260,8 @@ class SettingsStore:
         return _stored(row)
 
     async def get_async(self, instance_id: str) -> Stored:
-        """``read`` on the event loop, where ``reads_async``: the same statement, the same retry once.
+        """``read`` on the event loop, where ``reads_async``: the same statement, for the reads of one loop turn
+        together (read_batch), and the same retry once.
 
         A connection the server dropped fails on use and is closed; the read is tried once more on
         another (as the thread engine does), then the database is reported unavailable with its cause.
@@ -271,6 +272,9 @@ class SettingsStore:
         if not self._schema_ready:  # the database was down at start: check the table from a thread, once
             await asyncio.to_thread(self.ensure_schema)
         from boshreg.registry import read_pool  # loaded with the pool (engine.build_read_pool)
+
+        if not _postgresql_text(instance_id):
+            return Stored(None)  # never stored: and in a statement shared with others it would fail them all
 
         for attempt in (1, 2):
             try:
@@ -472,6 +476,17 @@ def pool_size(engine: Engine) -> int:
 def _cause(exc: sa_exc.DBAPIError) -> str:
     """The driver's own first line, without SQLAlchemy's SQL and parameter dump."""
     return _first_line(exc.orig if exc.orig is not None else exc)
+
+
+def _postgresql_text(value: str) -> bool:
+    """Whether PostgreSQL's text can hold ``value``: no NUL, and UTF-8 (a path may decode to lone surrogates)."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _first_line(error: BaseException | str) -> str:
