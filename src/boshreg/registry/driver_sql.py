@@ -43,15 +43,13 @@ class DriverStatement:
 
     def parameters(self, values: Mapping[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
         """``values`` as the driver takes them: a tuple in order (qmark, format) or a mapping (pyformat)."""
-        processors = self.processors
-        if processors:
-            values = dict(values)
-            for name, processor in processors.items():  # only the names that have one: each once
-                if name in values:
-                    values[name] = processor(values[name])
-        if self._in_order is not None:
+        if self._in_order is not None and not self.processors:
             return self._in_order(values)
-        return dict(values)
+        processed = dict(values)  # one copy: the caller's mapping is left as it was
+        for name, processor in self.processors.items():  # only the names that have one: each once
+            if name in processed:
+                processed[name] = processor(processed[name])
+        return self._in_order(processed) if self._in_order is not None else processed
 
     def run(self, conn: Connection, values: Mapping[str, Any]) -> CursorResult[Any]:
         """Execute once with ``values``."""

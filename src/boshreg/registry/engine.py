@@ -103,8 +103,8 @@ def asyncpg_arguments(libpq: Mapping[str, Any]) -> tuple[dict[str, Any], list[st
             arguments["timeout"] = float(value)
         elif key == "application_name":
             settings[key] = str(value)
-        elif key == "options" and _server_options(str(value)) is not None:
-            settings.update(_server_options(str(value)) or {})
+        elif key == "options" and (given := _server_options(str(value))) is not None:
+            settings.update(given)
         elif key in _FROM_DSN:
             from_dsn[key] = str(value)
         elif key not in _TCP_ONLY:

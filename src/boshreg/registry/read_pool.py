@@ -188,5 +188,5 @@ class ReadPool:
 
 async def _close(connection: Connection) -> None:
     """Say goodbye to the server (within a second); a connection already gone is simply let go."""
-    with contextlib.suppress(asyncpg.InterfaceError, asyncpg.PostgresError, OSError, TimeoutError):
+    with contextlib.suppress(*DRIVER_ERRORS):  # a TimeoutError of close() is an OSError
         await connection.close(timeout=1)
