@@ -12,11 +12,12 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import URL
+from sqlalchemy import URL, create_engine, insert, select
 
 from boshreg.bootstrap.credentials import instance_token
 from boshreg.registry.audit import Event
-from boshreg.registry.fleet import State, changes_of, classify
+from boshreg.registry.fleet import State, apply_changes, changes_of, classify
+from boshreg.registry.tables import metadata, registry_fleet, registry_instances
 from boshreg.testcloud.openstack import FakeServer, OpenStackStandIn
 from conftest import RegistryLauncher
 from support.cli import assert_one_line_error, boshreg, in_a_terminal
@@ -96,6 +97,25 @@ def cloud() -> Iterator[OpenStackStandIn]:
 
 def config_of(registry: RegistryProcess) -> str:
     return registry.args[registry.args.index("--config") + 1]
+
+
+@pytest.mark.parametrize("rows", [3, 1200])  # 1,200: more ids than one statement's chunk on MySQL
+def test_reads_reach_every_stored_instance_and_only_those(database_url: URL, rows: int) -> None:
+    """A read of an instance with a fleet row adds to it; one stored by the original registry (no row yet)
+    gets one; an id that is not stored gets none (the writer asks which ids have a row, in one statement)."""
+    engine = create_engine(database_url)
+    metadata.create_all(engine)
+    stored = [f"vm-{n}" for n in range(rows)]
+    with engine.begin() as conn:
+        conn.execute(insert(registry_instances), [{"instance_id": key, "settings": "{}"} for key in stored])
+        conn.execute(insert(registry_fleet), [{"instance_id": key, "reads": 5, "refusals": 0} for key in stored[::2]])
+    batch = [event("read", key, seconds=n % 60) for n, key in enumerate([*stored, "vm-not-stored"])]
+    with engine.begin() as conn:
+        apply_changes(conn, changes_of(batch))
+    with engine.connect() as conn:
+        reads = dict(conn.execute(select(registry_fleet.c.instance_id, registry_fleet.c.reads)).all())
+    engine.dispose()
+    assert reads == {key: 6 if n % 2 == 0 else 1 for n, key in enumerate(stored)}
 
 
 def put(registry: RegistryProcess, key: str) -> None:

@@ -6,19 +6,25 @@ what capped PUTs at ~1,700/s; for the audit writer's batches it was a third of i
 is compiled once, and each call only orders its parameters for the driver's paramstyle and applies the
 column types' bind processors (SQLite stores times as text), exactly as SQLAlchemy would, but once per value
 however often the statement names it (the fleet's read update names the last read's time three times; SQLite's
-time processor, run per name, was 40% of the audit writer's time per cold read).
+time processor, run per name, was 40% of the audit writer's time per cold read). SQLite's time processor itself
+is replaced by one that writes the same text from a tuple (``_sqlite_time``): 1.5 µs a time instead of 3.6, and
+a distinct VM's read binds three.
 """
 
 from __future__ import annotations
 
+import datetime
 import operator
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, CursorResult
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import ClauseElement
+
+Processor = Callable[[Any], Any]
 
 
 class DriverStatement:
@@ -30,11 +36,12 @@ class DriverStatement:
         self.sql = str(compiled)
         positions = compiled.positiontup  # type: ignore[attr-defined]
         self.positions: tuple[str, ...] | None = tuple(positions) if positions is not None else None
-        processors: dict[str, Callable[[Any], Any]] = {}
+        processors: dict[str, Processor] = {}
         for name, bind in compiled.binds.items():  # type: ignore[attr-defined]
-            processor = bind.type.dialect_impl(dialect).bind_processor(dialect)  # as SQLAlchemy does per call
+            impl = bind.type.dialect_impl(dialect)
+            processor = impl.bind_processor(dialect)  # as SQLAlchemy does per call
             if processor is not None:
-                processors[name] = processor
+                processors[name] = _sqlite_time(processor) if _default_sqlite_time(impl) else processor
         self.processors = processors
         self._in_order: Callable[[Mapping[str, Any]], tuple[Any, ...]] | None = None
         if self.positions is not None:
@@ -59,6 +66,33 @@ class DriverStatement:
         """Execute once per row, as one executemany."""
         if rows:
             conn.exec_driver_sql(self.sql, [self.parameters(row) for row in rows])
+
+
+def _default_sqlite_time(impl: object) -> bool:
+    """SQLite's DATETIME with SQLAlchemy's default storage format, the one ``_sqlite_time`` writes."""
+    default: str = sqlite.DATETIME._storage_format
+    return isinstance(impl, sqlite.DATETIME) and impl._storage_format == default
+
+
+_SQLITE_TIME = "%04d-%02d-%02d %02d:%02d:%02d.%06d"  # sqlite.DATETIME's default format, by position
+
+
+def _sqlite_time(sqlalchemys: Processor) -> Processor:
+    """SQLAlchemy's SQLite time processor, with the same text built from a tuple for a plain datetime.
+
+    Like SQLAlchemy's, it writes the wall time and ignores the zone (ours are UTC); anything else (None, a
+    date, a subclass) goes to SQLAlchemy's own.
+    """
+    plain = datetime.datetime
+
+    def process(value: Any) -> Any:
+        if value.__class__ is plain:
+            return _SQLITE_TIME % (
+                value.year, value.month, value.day, value.hour, value.minute, value.second, value.microsecond
+            )  # fmt: skip
+        return sqlalchemys(value)
+
+    return process
 
 
 _compiled: dict[tuple[int, str, tuple[str, ...] | None], tuple[ClauseElement, DriverStatement]] = {}

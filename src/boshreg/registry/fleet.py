@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -131,10 +132,14 @@ def apply_changes(conn: Connection, changes: dict[str, Change]) -> None:
 
 
 def _present(conn: Connection, instance_ids: list[str]) -> set[str]:
-    """Which of the ids have a fleet row. On PostgreSQL one statement, compiled once, over an array of them
-    (an IN of 500 parameters, rebuilt by SQLAlchemy for every chunk, was a third of the writer's time there)."""
+    """Which of the ids have a fleet row: one statement, compiled once, over an array of them (PostgreSQL) or
+    a JSON array (SQLite). An IN of 500 parameters, rebuilt by SQLAlchemy for every chunk, was a third of the
+    writer's time on PostgreSQL and 6 us a distinct read on SQLite."""
     if conn.dialect.name == "postgresql":
         return set(driver_statement(_PRESENT_IN_ARRAY, conn.dialect).run(conn, {"p_ids": instance_ids}).scalars())
+    if conn.dialect.name == "sqlite":
+        in_json = {"p_ids": json.dumps(instance_ids)}
+        return set(driver_statement(_PRESENT_IN_JSON, conn.dialect).run(conn, in_json).scalars())
     found: set[str] = set()
     for start in range(0, len(instance_ids), 500):
         chunk = instance_ids[start : start + 500]
@@ -154,6 +159,9 @@ def _newer(column: Any, value: Any, *, inclusive: bool) -> ColumnElement[bool]:
 _DELETE = delete(registry_fleet).where(_F.instance_id == bindparam("p_id"))
 _PRESENT_IN_ARRAY = select(_F.instance_id).where(
     _F.instance_id == any_(bindparam("p_ids", type_=postgresql.ARRAY(String)))
+)
+_PRESENT_IN_JSON = select(_F.instance_id).where(
+    _F.instance_id.in_(select(func.json_each(bindparam("p_ids", type_=String)).table_valued("value")))
 )
 
 # MySQL evaluates SET from left to right with the new values: who and what before when.
