@@ -81,3 +81,23 @@ def test_a_failed_statement_fails_every_caller_of_its_turn_and_the_next_turn_tri
     assert all(isinstance(result, ConnectionResetError) for result in failed)
     assert later == ("one", 0)
     assert len(statement.calls) == 2
+
+
+def test_statements_in_threads_run_at_most_so_many_at_once_and_none_for_callers_who_left() -> None:
+    """A stalled database: the first statement hangs; the turns behind it wait for a slot, and when the slot
+    frees, the batches whose callers' deadlines have passed are not sent."""
+    statement = Recording({"vm-1": "one"}, delay=0.6)  # longer than the five deadlines below, one after another
+    batches = ReadBatches(statement, concurrency=1)
+
+    async def impatient_then_patient() -> Row | None:
+        first = asyncio.create_task(batches.read("vm-1"))
+        await asyncio.sleep(0.05)  # the first turn's statement is running
+        for n in range(5):  # five more turns, each giving up before the first statement ends
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.05):
+                    await batches.read(f"vm-gave-up-{n}")
+        await first
+        return await batches.read("vm-1")
+
+    assert asyncio.run(impatient_then_patient()) == ("one", 0)
+    assert statement.calls == [["vm-1"], ["vm-1"]]

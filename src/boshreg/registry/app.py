@@ -162,8 +162,8 @@ class RegistryApi:
         return self._served(raw_id, client, identity, answer)
 
     async def fast_read_async(self, raw_id: str, header: str | None, client: str) -> FastAnswer | None:
-        """``fast_read`` for a miss on a store read on the event loop (PostgreSQL): the same rules, the read
-        awaited, no ASGI app (Starlette's share of a PostgreSQL miss). A database that does not answer is
+        """``fast_read`` for a miss on a store read by ``get_async`` (PostgreSQL, MySQL): the same rules, the read
+        awaited, no ASGI app (Starlette's share of a miss). A database that does not answer is
         answered here (503, in the trail), not read a second time by the full path after a second timeout.
         """
         if not self.store.reads_async:
@@ -636,7 +636,7 @@ class RegistryApi:
         return b"".join(chunks)
 
     async def _read(self, instance_id: str) -> Stored:
-        """The stored settings, read the cheapest way the store offers: in line, on the loop, or in a thread."""
+        """The stored settings, read the cheapest way the store offers: in line, batched, or in a thread."""
         if self.store.reads_inline:
             return self.store.get_inline(instance_id)
         if self.store.reads_async:

@@ -26,10 +26,13 @@ from sqlalchemy import (
     String,
     bindparam,
     delete,
+    exists,
     func,
     inspect,
+    null,
     select,
     text,
+    union_all,
     update,
 )
 from sqlalchemy import exc as sa_exc
@@ -39,6 +42,7 @@ from sqlalchemy.pool import QueuePool
 from sqlalchemy.sql.dml import Insert
 
 from boshreg.bootstrap.endpoint import redact_url
+from boshreg.bootstrap.registry_key import REGISTRY_KEY
 from boshreg.errors import BoshregError
 from boshreg.registry.cache import CHANNEL
 from boshreg.registry.driver_sql import DriverStatement
@@ -76,6 +80,23 @@ _READ_MANY = select(
     select(registry_credentials.c.generation)
     .where(registry_credentials.c.instance_id == _WANTED.c.id)
     .scalar_subquery(),
+)
+# The same in a worker thread, for a server without the read pool (MySQL; PostgreSQL with an option asyncpg
+# cannot take), portable SQL: the stored ids with their generation, then the ids with a generation only (their
+# settings deleted); an id with neither has no row, as _READ's answer for it is (None, None).
+_WANTED_IDS = bindparam("instance_ids", type_=String, expanding=True)
+_READ_MANY_PORTABLE = union_all(
+    select(registry_instances.c.instance_id, registry_instances.c.settings, registry_credentials.c.generation)
+    .select_from(
+        registry_instances.outerjoin(
+            registry_credentials, registry_credentials.c.instance_id == registry_instances.c.instance_id
+        )
+    )
+    .where(registry_instances.c.instance_id.in_(_WANTED_IDS)),
+    select(registry_credentials.c.instance_id, null(), registry_credentials.c.generation).where(
+        registry_credentials.c.instance_id.in_(_WANTED_IDS),
+        ~exists().where(registry_instances.c.instance_id == registry_credentials.c.instance_id),
+    ),
 )
 T = TypeVar("T")
 
@@ -157,8 +178,10 @@ class SqliteWriters:
 class SettingsStore:
     """Get, put and delete the settings text of one instance; blocking calls, run them in a thread.
 
-    Reads have two faster forms, each where it pays: ``get_inline`` on SQLite, ``get_async`` where a
-    ``read_pool`` is given (PostgreSQL, on asyncpg's connections).
+    Reads have two faster forms, each where it pays: ``get_inline`` on SQLite, ``get_async`` on a server
+    (PostgreSQL on asyncpg's connections where a ``read_pool`` is given; else one worker thread for the
+    reads of a loop turn: MySQL's pymysql spent ~100 us of Python per statement, and each read handed to
+    a thread of its own waited for the interpreter lock at both ends).
     """
 
     def __init__(self, engine: Engine, read_pool: ReadPool | None = None) -> None:
@@ -180,19 +203,21 @@ class SettingsStore:
         self._upsert_settings = DriverStatement(_upsert(engine.dialect.name), engine.dialect)
         self._read = DriverStatement(_READ, engine.dialect)
         self._read_many = DriverStatement(_READ_MANY, _ASYNCPG) if read_pool is not None else None
-        self._batches = ReadBatches(self._fetch_many)
+        # Without the read pool, a batch is a worker thread's and a pooled connection's: no more at once than
+        # the pool has connections.
+        self._batches = ReadBatches(self._fetch_many, concurrency=None if read_pool is not None else pool_size(engine))
 
     @property
     def reads_inline(self) -> bool:
         """True when a read is cheaper than handing it to a thread: SQLite in WAL mode, where a read takes
-        microseconds and never waits for a writer. PostgreSQL is read on the loop (``reads_async``), MySQL
-        from worker threads."""
+        microseconds and never waits for a writer. PostgreSQL and MySQL are read by ``get_async``."""
         return self.engine.dialect.name == "sqlite"
 
     @property
     def reads_async(self) -> bool:
-        """True when ``get_async`` reads on the event loop itself, with no worker thread."""
-        return self.read_pool is not None
+        """True when ``get_async`` reads without a worker thread per read: on the event loop itself (the read
+        pool), or the reads of one loop turn together in one thread (a server database without it)."""
+        return self.read_pool is not None or self.engine.dialect.name != "sqlite"
 
     @property
     def database(self) -> str:
@@ -260,8 +285,8 @@ class SettingsStore:
         return _stored(row)
 
     async def get_async(self, instance_id: str) -> Stored:
-        """``read`` on the event loop, where ``reads_async``: the same statement, for the reads of one loop turn
-        together (read_batch), and the same retry once.
+        """``read`` for the event loop, where ``reads_async``: the reads of one loop turn together (read_batch),
+        on the read pool's connections or, without one (MySQL), in one worker thread; the same retry once.
 
         A connection the server dropped fails on use and is closed; the read is tried once more on
         another (as the thread engine does), then the database is reported unavailable with its cause.
@@ -271,6 +296,10 @@ class SettingsStore:
             return await asyncio.to_thread(self.read, instance_id)
         if not self._schema_ready:  # the database was down at start: check the table from a thread, once
             await asyncio.to_thread(self.ensure_schema)
+        if self.read_pool is None:  # one worker thread for the turn's reads; it retries and words errors (_run)
+            if REGISTRY_KEY.fullmatch(instance_id) is None:  # never ours: read alone, so it can fail only itself
+                return await asyncio.to_thread(self.read, instance_id)
+            return _stored(await self._batches.read(instance_id))
         from boshreg.registry import read_pool  # loaded with the pool (engine.build_read_pool)
 
         if not _postgresql_text(instance_id):
@@ -294,11 +323,29 @@ class SettingsStore:
 
     async def _fetch_many(self, instance_ids: list[str]) -> list[tuple[Any, ...]]:
         """One statement for the reads of one loop turn (read_batch): each id's settings and generation."""
-        assert self.read_pool is not None
+        if self.read_pool is None:
+            return await asyncio.to_thread(self._run, lambda: self._read_many_in_thread(instance_ids))
         assert self._read_many is not None
         parameters = self._read_many.parameters({"instance_ids": instance_ids})
         assert isinstance(parameters, tuple)
         return await self.read_pool.fetchall(self._read_many.sql, parameters)
+
+    def _read_many_in_thread(self, instance_ids: list[str]) -> list[tuple[Any, ...]]:
+        """``_fetch_many`` through the thread engine, on one connection: a row per id found.
+
+        An id without a row of its own spelling is read again alone, with ``_READ``: on MySQL a table the
+        original registry made may compare ids by its collation (without case), as that read does. Only
+        reads of ids not stored pay for it.
+        """
+        with self.engine.connect() as conn:
+            rows = conn.execute(_READ_MANY_PORTABLE, {"instance_ids": instance_ids}).all()
+            found = {row[0]: tuple(row) for row in rows}
+            for instance_id in instance_ids:
+                if instance_id not in found:
+                    alone = conn.execute(_READ, {"instance_id": instance_id}).one()
+                    if alone[0] is not None or alone[1] is not None:
+                        found[instance_id] = (instance_id, *alone)
+        return [found[instance_id] for instance_id in instance_ids if instance_id in found]
 
     def put(self, instance_id: str, settings: str) -> None:
         """Create or replace the settings of one instance, committed before returning."""
