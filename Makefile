@@ -36,7 +36,7 @@ typecheck: $(STAMP)
 unit: $(STAMP) databases tools
 	$(BIN)/pytest
 
-## Benchmarks on loopback: GET and PUT load (wrk) on SQLite and PostgreSQL against nginx, a 10,000-VM boot storm; bench/results.json.
+## Benchmarks on loopback: GET and PUT load (wrk) on SQLite, PostgreSQL and MariaDB against nginx, a 10,000-VM boot storm; bench/results.json.
 bench: $(STAMP) databases
 	@bash scripts/ensure-bench-tools.sh
 	$(BIN)/python bench/run.py

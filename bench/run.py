@@ -4,7 +4,7 @@ In one run: nginx first (64 and 256 connections); on SQLite with 100,000 stored 
 with the fleet row the CPI's PUT would have left), the hot GET (2,000 instances read at random, each with its
 VM's own credential) on each candidate stack (``candidate.py``), PUT with 16 writers, the cold GET (cache off,
 all 100,000); a boot storm of 10,000 VMs; the same hot and cold GETs on PostgreSQL; GET at 1k, 100k and 1M
-stored (cache off) on both; nginx last.
+stored (cache off) on both; the hot and cold GETs on MariaDB; nginx last.
 Ratios are against the mean of the two nginx runs at the same connection count; their drift is reported.
 Writes bench/results.json. Environment: BENCH_SECONDS (10), BENCH_QUICK=1 (skip 1M, storm 1,000 VMs).
 """
@@ -55,6 +55,7 @@ STACK_LABELS = {
 }
 INSTANCE_SECRET = secrets.token_hex(24)
 POSTGRES = os.environ.get("BOSHREG_TEST_POSTGRES_URL", "postgresql+psycopg://postgres:postgres@127.0.0.1:5432/postgres")
+MYSQL = os.environ.get("BOSHREG_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/mysql")
 PASSWORD = secrets.token_hex(12)
 AUTH = base64.b64encode(f"admin:{PASSWORD}".encode()).decode()
 
@@ -125,6 +126,20 @@ def postgres_database() -> Iterator[URL]:
     finally:
         with admin.connect() as conn:
             conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
+
+
+@contextmanager
+def mysql_database() -> Iterator[URL]:
+    admin = create_engine(make_url(MYSQL), isolation_level="AUTOCOMMIT")
+    name = f"boshreg_bench_{secrets.token_hex(4)}"
+    with admin.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name} CHARACTER SET utf8mb4"))
+    try:
+        yield make_url(MYSQL).set(database=name, query={"charset": "utf8mb4"})
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {name}"))
         admin.dispose()
 
 
@@ -319,6 +334,16 @@ def main() -> int:
                 with registry(workdir, pg_url, cache_bytes=0) as (base, pid), PeakRss(pid) as rss:
                     results[f"scale_postgres_{count}"] = wrk(base, "get.lua", 256, count, seconds=min(SECONDS, 5))
                 results[f"scale_postgres_{count}"]["peak_rss_mib"] = round(rss.peak / 2**20, 1)
+        with mysql_database() as mysql_url:
+            print(f"mariadb: loading {STORED:,} instances ...", flush=True)
+            load(mysql_url, STORED)
+            with registry(workdir, mysql_url) as (base, pid), PeakRss(pid) as rss:
+                print("mariadb: hot GET ...", flush=True)
+                results["hot_mysql"] = {f"c{c}": reads(base, c, hot) for c in CONNECTIONS}
+            results["hot_mysql"]["peak_rss_mib"] = round(rss.peak / 2**20, 1)
+            with registry(workdir, mysql_url, cache_bytes=0) as (base, _pid):
+                print("mariadb: cold GET (cache off) ...", flush=True)
+                results["cold_mysql"] = {"c256": reads(base, 256, cold)}
         for count in SCALES:
             url = URL.create("sqlite", database=str(workdir / f"scale-{count}.db"))
             print(f"scaling: {count:,} instances (cache off) ...", flush=True)
@@ -379,6 +404,8 @@ def table(results: dict[str, Any]) -> str:
         "cold_sqlite": f"cold GET, SQLite ({STORED:,}, cache off)",
         "hot_postgres": "hot GET, PostgreSQL",
         "cold_postgres": f"cold GET, PostgreSQL ({STORED:,}, cache off)",
+        "hot_mysql": "hot GET, MariaDB",
+        "cold_mysql": f"cold GET, MariaDB ({STORED:,}, cache off)",
         "nginx_last": "nginx, static file (last)",
     }
     for key, label in labels.items():
