@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 import functools
 import json
+import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -137,7 +138,7 @@ def _present(conn: Connection, instance_ids: list[str]) -> set[str]:
     writer's time on PostgreSQL and 6 us a distinct read on SQLite."""
     if conn.dialect.name == "postgresql":
         return set(driver_statement(_PRESENT_IN_ARRAY, conn.dialect).run(conn, {"p_ids": instance_ids}).scalars())
-    if conn.dialect.name == "sqlite":
+    if conn.dialect.name == "sqlite" and _SQLITE_HAS_JSON:
         in_json = {"p_ids": json.dumps(instance_ids)}
         return set(driver_statement(_PRESENT_IN_JSON, conn.dialect).run(conn, in_json).scalars())
     found: set[str] = set()
@@ -160,6 +161,7 @@ _DELETE = delete(registry_fleet).where(_F.instance_id == bindparam("p_id"))
 _PRESENT_IN_ARRAY = select(_F.instance_id).where(
     _F.instance_id == any_(bindparam("p_ids", type_=postgresql.ARRAY(String)))
 )
+_SQLITE_HAS_JSON = sqlite3.sqlite_version_info >= (3, 38, 0)  # json_each built in (before: where compiled in)
 _PRESENT_IN_JSON = select(_F.instance_id).where(
     _F.instance_id.in_(select(func.json_each(bindparam("p_ids", type_=String)).table_valued("value")))
 )

@@ -98,6 +98,7 @@ _READ_MANY_PORTABLE = union_all(
         ~exists().where(registry_instances.c.instance_id == registry_credentials.c.instance_id),
     ),
 )
+_DEFAULT_EXECUTOR_THREADS = min(32, (os.cpu_count() or 1) + 4)  # concurrent.futures.ThreadPoolExecutor's default
 T = TypeVar("T")
 
 
@@ -204,8 +205,10 @@ class SettingsStore:
         self._read = DriverStatement(_READ, engine.dialect)
         self._read_many = DriverStatement(_READ_MANY, _ASYNCPG) if read_pool is not None else None
         # Without the read pool, a batch is a worker thread's and a pooled connection's: no more at once than
-        # the pool has connections.
-        self._batches = ReadBatches(self._fetch_many, concurrency=None if read_pool is not None else pool_size(engine))
+        # the pool has connections and asyncio's default executor has threads (beyond them, a batch would wait
+        # in the executor's queue, where a batch whose callers all left can no longer be skipped).
+        threads = min(pool_size(engine), _DEFAULT_EXECUTOR_THREADS)
+        self._batches = ReadBatches(self._fetch_many, concurrency=None if read_pool is not None else threads)
 
     @property
     def reads_inline(self) -> bool:
