@@ -116,31 +116,30 @@ def load(url: URL, count: int) -> None:
 
 
 @contextmanager
-def postgres_database() -> Iterator[URL]:
-    admin = create_engine(make_url(POSTGRES), isolation_level="AUTOCOMMIT")
+def scratch_database(admin_url: str, create: str = "", drop: str = "") -> Iterator[URL]:
+    """A new database on the server of ``admin_url`` (``create`` / ``drop``: the dialect's clauses), dropped after."""
+    admin = create_engine(make_url(admin_url), isolation_level="AUTOCOMMIT")
     name = f"boshreg_bench_{secrets.token_hex(4)}"
     with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
+        conn.execute(text(f"CREATE DATABASE {name}{create}"))
     try:
-        yield make_url(POSTGRES).set(database=name)
+        yield make_url(admin_url).set(database=name)
     finally:
         with admin.connect() as conn:
-            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            conn.execute(text(f"DROP DATABASE IF EXISTS {name}{drop}"))
         admin.dispose()
 
 
 @contextmanager
+def postgres_database() -> Iterator[URL]:
+    with scratch_database(POSTGRES, drop=" WITH (FORCE)") as url:
+        yield url
+
+
+@contextmanager
 def mysql_database() -> Iterator[URL]:
-    admin = create_engine(make_url(MYSQL), isolation_level="AUTOCOMMIT")
-    name = f"boshreg_bench_{secrets.token_hex(4)}"
-    with admin.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name} CHARACTER SET utf8mb4"))
-    try:
-        yield make_url(MYSQL).set(database=name, query={"charset": "utf8mb4"})
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f"DROP DATABASE IF EXISTS {name}"))
-        admin.dispose()
+    with scratch_database(MYSQL, create=" CHARACTER SET utf8mb4") as url:
+        yield url.set(query={"charset": "utf8mb4"})
 
 
 class PeakRss:

@@ -69,7 +69,11 @@ class Event:
 
     def row(self) -> dict[str, Any]:
         """The event as a ``registry_events`` row."""
-        return {name: getattr(self, name) for name in _COLUMNS}
+        return dict(zip(_COLUMNS, self.values(), strict=True))
+
+    def values(self) -> tuple[Any, ...]:
+        """The row's values in ``registry_events``' column order (the INSERT's and the COPY's)."""
+        return tuple(getattr(self, name) for name in _COLUMNS)
 
     def to_text(self) -> str:
         """One line, safe for a terminal: every control character shown escaped."""
@@ -344,7 +348,7 @@ def _copy_events(conn: Connection, batch: list[Event]) -> None:
     try:
         with driver.cursor() as cursor, cursor.copy(_COPY_EVENTS) as copy:
             for event in batch:
-                copy.write_row([getattr(event, name) for name in _COLUMNS])
+                copy.write_row(event.values())
     except psycopg.Error as exc:  # as SQLAlchemy would have raised it: flush keeps, retries or isolates by kind
         if isinstance(exc, psycopg.OperationalError) and driver.closed:
             conn.invalidate()  # never back into the pool
