@@ -432,8 +432,8 @@ def test_header_floods_do_not_grow_the_server(registry: RegistryProcess, capsys:
 def test_a_burst_of_connections_past_the_file_limit_at_once_leaves_the_server_serving(
     limited_registry: RegistryProcess, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """uvloop accepts every pending connection in one wake-up, before any of them is counted: a burst larger than
-    the file limit, all connecting at once, must not exhaust the process's descriptors or stop its service."""
+    """Connections are accepted a batch per turn and counted a turn or two later: a burst larger than the file
+    limit, all connecting at once, must not exhaust the process's descriptors or stop its service."""
     registry = limited_registry
     assert registry.process is not None
     burst: list[socket.socket] = []

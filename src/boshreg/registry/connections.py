@@ -17,7 +17,7 @@ from dataclasses import dataclass
 log = logging.getLogger(__name__)
 
 RESERVED_FILES = 128  # database connections, log files, the listening socket, the audit writer's connection
-ACCEPT_BATCH = 16  # on asyncio's loop: connections accepted per wake-up, before the registry has counted them
+ACCEPT_BATCH = 16  # connections accepted per turn of the event loop (acceptor), each counted a turn or two later
 LISTEN_BACKLOG = 2048  # the kernel's queue of connections not yet accepted (a boot storm arrives at once)
 PER_ADDRESS_SHARE = 2  # one address may hold 1/PER_ADDRESS_SHARE of the cap
 LOG_EVERY = 10.0  # seconds between two log lines about the same kind of refusal

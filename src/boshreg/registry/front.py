@@ -30,9 +30,10 @@ from urllib.parse import unquote_to_bytes
 import httptools
 
 from boshreg.bootstrap.registry_key import REGISTRY_KEY
+from boshreg.registry.acceptor import Acceptor
 from boshreg.registry.access_log import AccessLog, Answered, printable_path
 from boshreg.registry.audit import printable
-from boshreg.registry.connections import ACCEPT_BATCH, LISTEN_BACKLOG, OpenConnections
+from boshreg.registry.connections import ACCEPT_BATCH, OpenConnections
 from boshreg.registry.peer import client_address
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,8 @@ class Front:
         self.scheme = scheme
         self.access_log = AccessLog()
         self.open: set[Connection] = set()
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.stopping = False  # a connection accepted before the stop and made after it is closed at once
         self._date_second = -1
         self._date = b""
         self._answered: list[Answered] = []
@@ -180,17 +182,16 @@ class Front:
     async def serve(self, sock: Any, tls: ssl.SSLContext | None, stop: asyncio.Event, grace: float = 5.0) -> None:
         """Serve on ``sock`` until ``stop`` is set; then let requests in flight finish for up to ``grace`` s."""
         loop = asyncio.get_running_loop()
-        # asyncio's own loop accepts up to ``backlog`` connections per wake-up before any is counted: a small
-        # batch keeps a flood from taking every file descriptor at once. uvloop (libuv) accepts what is pending
-        # in one go and counts each as it is made; the file limit is raised and the caps leave room (see
-        # ``connections``). listen() then restores the kernel's long queue.
-        server = await loop.create_server(lambda: Connection(self), sock=sock, ssl=tls, backlog=ACCEPT_BATCH)
-        sock.listen(LISTEN_BACKLOG)
+        # Up to a batch of connections accepted per turn, each counted when it is made (a turn or two later):
+        # a small batch keeps a flood from taking every file descriptor at once (the caps leave room for two).
+        acceptor = Acceptor(sock, lambda: Connection(self), tls, ACCEPT_BATCH, self.tasks)
+        acceptor.start()
         sweep = loop.create_task(self._sweep())
         try:
             await stop.wait()
         finally:
-            server.close()
+            acceptor.close()
+            self.stopping = True
             for connection in list(self.open):
                 connection.close_when_idle()
             deadline = loop.time() + grace
@@ -253,6 +254,9 @@ class Connection(asyncio.Protocol):
             return
         self.admitted = True
         self.front.open.add(self)
+        if self.front.stopping:
+            self._close()
+            return
         self._arm(self.limits.header_timeout, self._head_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
