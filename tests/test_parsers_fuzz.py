@@ -14,6 +14,7 @@ from boshreg.bootstrap.endpoint import EndpointError, parse_endpoint, redact_url
 from boshreg.bootstrap.userdata import UserDataError, decode, validate
 from boshreg.bootstrap.verdict import Word
 from boshreg.cpi import RequestError, inspect_request
+from boshreg.registry.app import settings_answer
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -82,3 +83,15 @@ def test_agent_wrapper_decoding_never_raises_anything_else(body: bytes) -> None:
     else:
         assert isinstance(settings, dict)
     assert retryable is not True  # a malformed answer does not fix itself: no retry
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=300))
+def test_a_read_answer_gives_back_the_stored_text_in_the_bytes_it_always_had(stored: str) -> None:
+    """The agent decodes ``settings`` to the very text the CPI stored (control characters, quotes, any script);
+    the answer's bytes are those of the compact UTF-8 JSON the registry wrote before its encoder was orjson."""
+    answer = settings_answer(stored)
+    assert json.loads(answer) == {"status": "ok", "settings": stored}
+    assert (
+        answer == json.dumps({"status": "ok", "settings": stored}, ensure_ascii=False, separators=(",", ":")).encode()
+    )
