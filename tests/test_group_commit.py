@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -78,3 +80,74 @@ def test_a_write_alone_commits_at_once_and_returns_its_result(tmp_path: Path) ->
     assert commits.run(lambda conn: conn.execute(insert(rows).values(name="x")).rowcount) == 1
     with pytest.raises(sa_exc.IntegrityError):
         commits.run(lambda conn: conn.execute(insert(rows).values(name="x")).rowcount)
+
+
+def test_the_event_loops_writes_queued_behind_a_commit_share_one_and_a_refused_one_fails_alone(
+    tmp_path: Path,
+) -> None:
+    """run_async, the PUT's road: one worker thread commits the batch of every write the loop's callers queued."""
+    engine = create_engine(f"sqlite:///{tmp_path}/loop.db")
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(insert(rows).values(name="taken"))
+    commits_seen: list[object] = []
+    event.listen(engine, "commit", commits_seen.append)
+    writer = threading.Lock()
+    commits = GroupCommit(engine, writer)
+
+    async def write(name: str) -> str:
+        try:
+            await commits.run_async(lambda conn: conn.execute(insert(rows).values(name=name)).rowcount)
+        except sa_exc.IntegrityError:
+            return "refused"
+        return "ok"
+
+    async def queued_behind_a_commit() -> list[str]:
+        writer.acquire()  # a commit is on its way: every write below queues behind it
+        tasks = [asyncio.create_task(write(name)) for name in ("a", "b", "taken", "c", "d")]
+        await asyncio.sleep(0.2)
+        writer.release()
+        return await asyncio.gather(*tasks)
+
+    assert asyncio.run(queued_behind_a_commit()) == ["ok", "ok", "refused", "ok", "ok"]
+    with engine.connect() as conn:
+        assert sorted(conn.execute(select(rows.c.name)).scalars()) == ["a", "b", "c", "d", "taken"]
+    assert len(commits_seen) == 4  # the shared transaction failed on "taken" (rolled back); then each alone
+
+    def insert_named(name: str) -> Callable[[Connection], object]:
+        return lambda conn: conn.execute(insert(rows).values(name=name))
+
+    async def eight_queued() -> None:
+        writer.acquire()
+        tasks = [asyncio.create_task(commits.run_async(insert_named(f"w{n}"))) for n in range(8)]
+        await asyncio.sleep(0.2)
+        writer.release()
+        await asyncio.gather(*tasks)
+
+    asyncio.run(eight_queued())
+    assert len(commits_seen) == 4 + 1
+
+
+def test_an_event_loop_caller_that_stops_waiting_leaves_its_write_to_commit(tmp_path: Path) -> None:
+    """A PUT past its deadline is answered 503, and its write may still commit (as with an abandoned thread):
+    the batch is not torn down under the writes of the callers still waiting."""
+    engine = create_engine(f"sqlite:///{tmp_path}/late.db")
+    metadata.create_all(engine)
+    writer = threading.Lock()
+    commits = GroupCommit(engine, writer)
+
+    async def one_gives_up() -> int:
+        writer.acquire()
+        gave_up = asyncio.create_task(commits.run_async(lambda conn: conn.execute(insert(rows).values(name="late"))))
+        waited = asyncio.create_task(
+            commits.run_async(lambda conn: conn.execute(insert(rows).values(name="waited")).rowcount)
+        )
+        await asyncio.sleep(0.1)
+        gave_up.cancel()
+        await asyncio.sleep(0.1)
+        writer.release()
+        return await waited
+
+    assert asyncio.run(one_gives_up()) == 1
+    with engine.connect() as conn:
+        assert sorted(conn.execute(select(rows.c.name)).scalars()) == ["late", "waited"]

@@ -434,7 +434,7 @@ class RegistryApi:
                 request.state.settings_bytes = len(body)  # for the fleet table, through the audit trail
                 settings = check_settings(body)
                 try:
-                    await self._timed("write", self._run(self.store.put, instance_id, settings))
+                    await self._timed("write", self._bounded(self.store.put_async(instance_id, settings)))
                 finally:  # also when the answer is 503: a write that timed out here may still commit
                     self._written(instance_id)
                 return JSONResponse(OK)

@@ -352,6 +352,28 @@ class SettingsStore:
 
     def put(self, instance_id: str, settings: str) -> None:
         """Create or replace the settings of one instance, committed before returning."""
+        write = self._put(instance_id, settings)
+        self._run(lambda: self._commits.run(write))
+
+    async def put_async(self, instance_id: str, settings: str) -> None:
+        """``put`` for the event loop: the PUTs waiting on it share a commit made in one worker thread.
+
+        The same errors and the same one retry on a connection the database dropped as ``put``.
+        """
+        if not self._schema_ready:
+            await asyncio.to_thread(self.ensure_schema)
+        write = self._put(instance_id, settings)
+        with self._translate_errors():
+            try:
+                await self._commits.run_async(write)
+                return
+            except sa_exc.DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+            await self._commits.run_async(write)
+
+    def _put(self, instance_id: str, settings: str) -> Callable[[Connection], None]:
+        """The write of a PUT, for a commit to run."""
 
         def write(conn: Connection) -> None:
             self._notify(conn, instance_id)
@@ -366,7 +388,7 @@ class SettingsStore:
             if not changed:
                 conn.execute(registry_instances.insert().values(instance_id=instance_id, settings=settings))
 
-        self._run(lambda: self._commits.run(write))
+        return write
 
     def delete(self, instance_id: str) -> bool:
         """Remove one instance's settings and revoke its per-VM credential; False when there were none.
