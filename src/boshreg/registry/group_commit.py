@@ -14,6 +14,7 @@ context switch; sixteen writers made ~15 of them per PUT, on cores the answers n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -51,26 +52,12 @@ class GroupCommit:
 
     def run(self, write: Callable[[Connection], T]) -> T:
         """Run ``write`` in a transaction committed before this returns; its result, or its error."""
-        with self._lock:
-            batch = self._open
-            leader = batch is None or len(batch.writes) >= BATCH_MAX
-            if leader:
-                batch = self._open = _Batch()
-            assert batch is not None
-            index = len(batch.writes)
-            batch.writes.append(write)
+        batch, index, leader = self._join(write, on_loop=False)
         if leader:
-            with self._writer:
-                with self._lock:
-                    if self._open is batch:
-                        self._open = None  # later writers start the next batch
-                self._commit(batch)
+            self._commit_when_free(batch)
         else:
             batch.done.wait()
-        error = batch.errors[index]
-        if error is not None:
-            raise error
-        result: T = batch.results[index]
+        result: T = _outcome(batch, index)
         return result
 
     async def run_async(self, write: Callable[[Connection], T]) -> T:
@@ -79,35 +66,49 @@ class GroupCommit:
         A caller that stops waiting (its deadline) leaves its write in the batch: it may still commit,
         as a write whose thread was abandoned could.
         """
-        with self._lock:
-            batch = self._open_async
-            leader = batch is None or len(batch.writes) >= BATCH_MAX
-            if leader:
-                batch = self._open_async = _Batch()
-            assert batch is not None
-            index = len(batch.writes)
-            batch.writes.append(write)
+        batch, index, leader = self._join(write, on_loop=True)
         if leader:
             batch.committed = asyncio.get_running_loop().run_in_executor(None, self._lead, batch)
         assert batch.committed is not None
         await asyncio.shield(batch.committed)
-        error = batch.errors[index]
-        if error is not None:
-            raise error
-        result: T = batch.results[index]
+        result: T = _outcome(batch, index)
         return result
 
-    def _lead(self, batch: _Batch) -> None:
-        """In a worker thread: commit ``run_async``'s batch once the writer is free; no write joins it after."""
+    def _join(self, write: Write, *, on_loop: bool) -> tuple[_Batch, int, bool]:
+        """Add ``write`` to the open batch of its callers (threads', or the event loop's), opening one when
+        there is none or it is full: the batch, the write's place in it, and whether this caller leads it."""
+        with self._lock:
+            batch = self._open_async if on_loop else self._open
+            leader = batch is None or len(batch.writes) >= BATCH_MAX
+            if batch is None or leader:
+                batch = _Batch()
+                if on_loop:
+                    self._open_async = batch
+                else:
+                    self._open = batch
+            batch.writes.append(write)
+            return batch, len(batch.writes) - 1, leader
+
+    def _commit_when_free(self, batch: _Batch) -> None:
+        """Commit ``batch`` once the writer is free; from then on no write joins it (later ones open the next)."""
         try:
             with self._writer:
                 with self._lock:
+                    if self._open is batch:
+                        self._open = None
                     if self._open_async is batch:
                         self._open_async = None
                 self._commit(batch)
-        except BaseException as exc:  # the writer lock itself failed: every waiter gets the error
+        except BaseException as exc:  # the writer lock itself failed: every waiter gets the error, none hangs
             if len(batch.errors) != len(batch.writes):
                 batch.results, batch.errors = [None] * len(batch.writes), [exc] * len(batch.writes)
+                batch.done.set()
+            raise
+
+    def _lead(self, batch: _Batch) -> None:
+        """``run_async``'s batch, in a worker thread; each caller finds its own error in the batch."""
+        with contextlib.suppress(BaseException):
+            self._commit_when_free(batch)
 
     def _commit(self, batch: _Batch) -> None:
         try:
@@ -136,6 +137,14 @@ class GroupCommit:
             except sa_exc.SQLAlchemyError as exc:
                 batch.results.append(None)
                 batch.errors.append(exc)
+
+
+def _outcome(batch: _Batch, index: int) -> Any:
+    """The result of the write at ``index`` of a committed batch, or its error raised."""
+    error = batch.errors[index]
+    if error is not None:
+        raise error
+    return batch.results[index]
 
 
 def _connection_lost(exc: sa_exc.SQLAlchemyError) -> bool:
