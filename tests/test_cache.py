@@ -8,6 +8,7 @@ replicas, http.cache_seconds.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -15,7 +16,14 @@ from pathlib import Path
 import httpx
 from sqlalchemy import URL, create_engine, text
 
-from boshreg.registry.cache import ENTRY_MAX_BYTES, FOREIGN_CHECK_SECONDS, Answer, NoWatch, ResponseCache
+from boshreg.registry.cache import (
+    ENTRY_MAX_BYTES,
+    FOREIGN_CHECK_SECONDS,
+    Answer,
+    NoWatch,
+    ResponseCache,
+    SharedMarker,
+)
 from conftest import RegistryLauncher
 from support.registry import ADMIN_PASSWORD, RegistryProcess
 
@@ -165,3 +173,25 @@ def test_entries_expire_after_max_seconds() -> None:
     assert cache.get("vm") == Answer(b"answer", 0)
     time.sleep(0.06)
     assert cache.get("vm") is None
+
+
+def test_workers_forked_from_one_process_never_write_the_same_change_marker(tmp_path: Path) -> None:
+    """Readers compare the marker for difference: a worker that wrote the value another had just written
+    would leave that one's readers serving what it changed. A counter copied by fork would do just that."""
+    database = tmp_path / "registry.db"
+    sqlite3.connect(database).close()
+    marker = SharedMarker(database)
+    marker.changed_here()  # the parent's counter exists before the fork
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child's own exit status carries the outcome
+        marker.changed_here()
+        os.write(write_end, b"x")
+        os._exit(0)
+    os.close(write_end)
+    assert os.read(read_end, 1) == b"x"
+    os.waitpid(child, 0)
+    written_by_child = marker.version()
+    marker.changed_here()
+    assert marker.version() != written_by_child
+    marker.close()

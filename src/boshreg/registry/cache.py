@@ -23,6 +23,7 @@ Memory is bounded (``http.cache_bytes``, least recently used out first) and answ
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import mmap
 import os
@@ -46,6 +47,7 @@ NOTIFY_POLL_SECONDS = 1.0
 FOREIGN_EXPIRY_SECONDS = 60.0  # PostgreSQL: how long an answer lives, for writers that send no notification
 FOREIGN_CHECK_SECONDS = 10.0  # SQLite's data_version also moves on every audit-trail commit: not more often
 _MARKER_BYTES = 8
+_MARKER_MAX = 2**64 - 1
 _MARKER = struct.Struct("<Q")  # the marker's number (read on every cached read: 50 ns, int.from_bytes 120)
 
 
@@ -92,6 +94,8 @@ class SharedMarker:
         self._foreign_seen = self._foreign.read()
         self._next_foreign_check = time.monotonic() + FOREIGN_CHECK_SECONDS
         self._foreign_changes = 0
+        self._counter = itertools.count()
+        self._counter_pid = 0  # a counter inherited through fork would repeat the parent's values: start anew
 
     def version(self) -> int:
         now = time.monotonic()
@@ -104,8 +108,12 @@ class SharedMarker:
         return int(_MARKER.unpack_from(self._map)[0]) ^ self._foreign_changes
 
     def changed_here(self) -> None:
-        # Any new value will do (readers compare for difference), so writers need no lock between them.
-        _MARKER.pack_into(self._map, 0, secrets.randbits(64))
+        # Any new value will do (readers compare for difference), so writers need no lock between them:
+        # each process counts on from a random start of its own (os.urandom once, not once per write).
+        if self._counter_pid != os.getpid():
+            self._counter = itertools.count(secrets.randbits(64))
+            self._counter_pid = os.getpid()
+        _MARKER.pack_into(self._map, 0, next(self._counter) & _MARKER_MAX)
 
     def close(self) -> None:
         self._map.close()
