@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import socket
 from collections.abc import Callable
 
@@ -120,11 +121,13 @@ def test_a_turn_accepts_no_more_than_a_batch() -> None:
             client.close()
 
 
-class ShortOfFiles:
-    """A listening socket whose first accept() fails as it does at the file limit (EMFILE)."""
+class FailingOnce:
+    """A listening socket whose first accept() fails with ``code``, as the kernel's does at the file limit
+    (EMFILE) or for a connection that failed while it waited in the queue (EPROTO)."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, code: int) -> None:
         self.sock = sock
+        self.code = code
         self.failed = False
 
     def fileno(self) -> int:
@@ -136,15 +139,17 @@ class ShortOfFiles:
     def accept(self) -> tuple[socket.socket, object]:
         if not self.failed:
             self.failed = True
-            raise OSError(errno.EMFILE, "Too many open files")
+            raise OSError(self.code, os.strerror(self.code))
         return self.sock.accept()
 
 
-def test_out_of_files_waits_and_tries_again_with_one_line(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("code", [errno.EMFILE, errno.EPROTO], ids=["out-of-files", "a-failed-connection"])
+def test_a_failing_accept_is_said_once_and_the_queue_is_served_after_it(
+    code: int, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """At the file limit accept() fails while the queue stays readable: trying again at once would spin the
-    loop. The acceptor says so once and tries again a moment later; the connection waiting is then served."""
+    loop, so the acceptor waits a moment. Any other error ends only that turn's accepting. Either way one
+    line says so, nothing is raised into the loop, and the connection waiting is then served."""
     monkeypatch.setattr(acceptor_module, "RETRY_SECONDS", 0.05)
     listener = listening_socket()
     clients = connect_burst(listener.getsockname()[1], 1)
@@ -152,7 +157,7 @@ def test_out_of_files_waits_and_tries_again_with_one_line(
 
     async def accept_through_the_failure() -> int:
         tasks: set[asyncio.Task[object]] = set()
-        acceptor = Acceptor(ShortOfFiles(listener), lambda: Counted(made), None, 16, tasks)  # type: ignore[arg-type]
+        acceptor = Acceptor(FailingOnce(listener, code), lambda: Counted(made), None, 16, tasks)  # type: ignore[arg-type]
         acceptor.start()
         for _ in range(100):
             if made:
@@ -165,7 +170,7 @@ def test_out_of_files_waits_and_tries_again_with_one_line(
 
     loop = uvloop.new_event_loop()
     try:
-        with caplog.at_level(logging.WARNING, logger="boshreg.registry.connections"):
+        with caplog.at_level(logging.WARNING):
             assert loop.run_until_complete(accept_through_the_failure()) == 1
     finally:
         loop.close()
@@ -173,6 +178,6 @@ def test_out_of_files_waits_and_tries_again_with_one_line(
         for client in clients:
             client.close()
     lines = [record.getMessage() for record in caplog.records]
-    assert len(lines) == 1
+    assert len(lines) == 1, lines
     assert "accepting connections" in lines[0]
-    assert "Too many open files" in lines[0]
+    assert os.strerror(code) in lines[0]

@@ -73,7 +73,10 @@ class Acceptor:
                 continue  # reset by the client while it waited in the queue
             except OSError as exc:
                 if exc.errno not in _SHORT_OF_RESOURCES:
-                    raise
+                    # Linux hands a connection's pending network error to accept() (EPROTO, ENETDOWN, ...):
+                    # that connection is gone; the next turn takes the rest of the queue.
+                    self.short.note(f"accept() failed ({exc.strerror})")
+                    return
                 self.short.note(f"accept() failed ({exc.strerror}); trying again in {RETRY_SECONDS:g} s")
                 self.close()
                 self._retry = self.loop.call_later(RETRY_SECONDS, self.start)
