@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 
+import psutil
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -95,3 +96,15 @@ def test_a_read_answer_gives_back_the_stored_text_in_the_bytes_it_always_had(sto
     assert (
         answer == json.dumps({"status": "ok", "settings": stored}, ensure_ascii=False, separators=(",", ":")).encode()
     )
+
+
+def test_read_answers_take_the_memory_of_their_bytes_and_no_more() -> None:
+    """The cache bounds what it keeps by the answers' length (http.cache_bytes): an answer that held a buffer
+    twice its length (orjson's own, for 4 KiB settings) would take twice the memory the bound states."""
+    process = psutil.Process()
+    text = json.dumps({"agent_id": "a" * 36, "blob": "q" * 3900, "quoted": ['a"b'] * 10})
+    before = process.memory_info().rss
+    kept = [settings_answer(f"{text}{n}") for n in range(10_000)]
+    grown = process.memory_info().rss - before
+    held = sum(len(answer) for answer in kept)
+    assert grown < 1.5 * held, f"{len(kept):,} answers of {held / len(kept):,.0f} bytes took {grown / held:.2f} times"

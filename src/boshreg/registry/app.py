@@ -696,9 +696,11 @@ def settings_answer(stored: str) -> bytes:
     """The body of a 200 read, encoded once: the cache keeps exactly these bytes.
 
     orjson writes what ``json.dumps(..., ensure_ascii=False, separators=(",", ":"))`` wrote (UTF-8, the same
-    escapes), in a sixth of the time: every cold read and every cache fill encodes one.
+    escapes), in a tenth of the time: every cold read and every cache fill encodes one. Its bytes keep the
+    buffer they were written in, twice their length for 4 KiB settings; the copy holds just the answer, so
+    the cache's bound (``http.cache_bytes``) is what its answers take.
     """
-    return orjson.dumps({"status": "ok", "settings": stored})
+    return bytes(memoryview(orjson.dumps({"status": "ok", "settings": stored})))
 
 
 def answer_cache(config: RegistryConfig, store: SettingsStore) -> ResponseCache | None:
