@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Column, Connection, Integer, MetaData, String, Table, create_engine, event, insert, select
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL
 
 from boshreg.registry.group_commit import GroupCommit
 
@@ -151,3 +153,50 @@ def test_an_event_loop_caller_that_stops_waiting_leaves_its_write_to_commit(tmp_
     assert asyncio.run(one_gives_up()) == 1
     with engine.connect() as conn:
         assert sorted(conn.execute(select(rows.c.name)).scalars()) == ["late", "waited"]
+
+
+def test_two_batches_writing_the_same_vms_in_opposite_orders_do_not_deadlock(server_database_url: URL) -> None:
+    """Two workers' batches commit at once (and on PostgreSQL a batch and the next): PUTs of the same two VMs
+    that arrived in opposite orders locked their rows in opposite orders, and the database broke the
+    deadlock by failing one transaction (PostgreSQL after deadlock_timeout, a second). Writes run in the
+    order of their keys instead, so the second batch waits for the first and neither fails."""
+    engine = create_engine(server_database_url)
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(insert(rows), [{"name": "vm-a"}, {"name": "vm-b"}])
+    both_hold_a_row = threading.Barrier(2)
+    deadlocks: list[BaseException] = []
+
+    def batch(order: list[str]) -> tuple[threading.Lock, GroupCommit, list[threading.Thread]]:
+        writer = threading.Lock()
+        commits = GroupCommit(engine, writer)
+        first = threading.Event()
+
+        def touch(name: str) -> Callable[[Connection], object]:
+            def write(conn: Connection) -> object:
+                try:
+                    result = conn.execute(rows.update().where(rows.c.name == name).values(name=name)).rowcount
+                except sa_exc.DBAPIError as exc:
+                    deadlocks.append(exc)
+                    raise
+                if not first.is_set():  # this batch holds its first row: wait (a little) for the other's
+                    first.set()
+                    with contextlib.suppress(threading.BrokenBarrierError):
+                        both_hold_a_row.wait(timeout=1.0)
+                return result
+
+            return write
+
+        threads = [threading.Thread(target=commits.run, args=(touch(name), name)) for name in order]
+        return writer, commits, threads
+
+    first_writer, _first, first_threads = batch(["vm-a", "vm-b"])
+    second_writer, _second, second_threads = batch(["vm-b", "vm-a"])
+    with first_writer, second_writer:  # a commit is on its way in each: both writes of each queue in one batch
+        for thread in (*first_threads, *second_threads):
+            thread.start()
+            time.sleep(0.05)  # in this order of arrival
+    for thread in (*first_threads, *second_threads):
+        thread.join(timeout=20)
+    engine.dispose()
+    assert deadlocks == []

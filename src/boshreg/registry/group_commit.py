@@ -5,6 +5,9 @@ flush of the disk, and sixteen writers queued one flush each: 958 PUTs/s on SQLi
 to find no open batch leads: it waits its turn for the store's writer lock while later writers join its
 batch, then commits them all at once and wakes them. Nothing is acknowledged before its commit. If the
 batch's transaction fails, each write is tried alone, so one write the database refuses fails only itself.
+A batch runs its writes in the order of their keys (the instance id), so that two batches committing at
+once (two workers, or a batch and the next on PostgreSQL) take row locks in one order: in arrival order,
+PUTs of the same VMs in two batches deadlocked, and PostgreSQL breaks a deadlock after a second.
 
 ``run_async`` is the same for the event loop: the writes of its callers queue in a batch of their own, and
 one worker thread per batch commits it, where ``run`` holds a thread per write. Every thread woken is a
@@ -30,10 +33,11 @@ Write = Callable[[Connection], Any]
 
 
 class _Batch:
-    __slots__ = ("committed", "done", "errors", "results", "writes")
+    __slots__ = ("committed", "done", "errors", "keys", "results", "writes")
 
     def __init__(self) -> None:
         self.writes: list[Write] = []
+        self.keys: list[str] = []  # each write's: the order its rows are locked in
         self.results: list[Any] = []
         self.errors: list[BaseException | None] = []
         self.done = threading.Event()
@@ -50,9 +54,12 @@ class GroupCommit:
         self._open: _Batch | None = None
         self._open_async: _Batch | None = None  # run_async's batch, filled on the event loop
 
-    def run(self, write: Callable[[Connection], T]) -> T:
-        """Run ``write`` in a transaction committed before this returns; its result, or its error."""
-        batch, index, leader = self._join(write, on_loop=False)
+    def run(self, write: Callable[[Connection], T], key: str = "") -> T:
+        """Run ``write`` in a transaction committed before this returns; its result, or its error.
+
+        ``key`` (the instance id it writes) places it among the batch's writes.
+        """
+        batch, index, leader = self._join(write, key, on_loop=False)
         if leader:
             self._commit_when_free(batch)
         else:
@@ -60,13 +67,13 @@ class GroupCommit:
         result: T = _outcome(batch, index)
         return result
 
-    async def run_async(self, write: Callable[[Connection], T]) -> T:
+    async def run_async(self, write: Callable[[Connection], T], key: str = "") -> T:
         """``run`` for the event loop's callers: committed before this returns; its result, or its error.
 
         A caller that stops waiting (its deadline) leaves its write in the batch: it may still commit,
         as a write whose thread was abandoned could.
         """
-        batch, index, leader = self._join(write, on_loop=True)
+        batch, index, leader = self._join(write, key, on_loop=True)
         if leader:
             batch.committed = asyncio.get_running_loop().run_in_executor(None, self._lead, batch)
         assert batch.committed is not None
@@ -74,7 +81,7 @@ class GroupCommit:
         result: T = _outcome(batch, index)
         return result
 
-    def _join(self, write: Write, *, on_loop: bool) -> tuple[_Batch, int, bool]:
+    def _join(self, write: Write, key: str, *, on_loop: bool) -> tuple[_Batch, int, bool]:
         """Add ``write`` to the open batch of its callers (threads', or the event loop's), opening one when
         there is none or it is full: the batch, the write's place in it, and whether this caller leads it."""
         with self._lock:
@@ -87,6 +94,7 @@ class GroupCommit:
                 else:
                     self._open = batch
             batch.writes.append(write)
+            batch.keys.append(key)
             return batch, len(batch.writes) - 1, leader
 
     def _commit_when_free(self, batch: _Batch) -> None:
@@ -113,9 +121,11 @@ class GroupCommit:
     def _commit(self, batch: _Batch) -> None:
         try:
             try:
+                results: list[Any] = [None] * len(batch.writes)
                 with self._engine.begin() as conn:
-                    batch.results = [write(conn) for write in batch.writes]
-                batch.errors = [None] * len(batch.writes)
+                    for index in _in_key_order(batch):
+                        results[index] = batch.writes[index](conn)
+                batch.results, batch.errors = results, [None] * len(batch.writes)
             except sa_exc.SQLAlchemyError as exc:
                 if len(batch.writes) == 1 or _connection_lost(exc):
                     batch.results, batch.errors = [None] * len(batch.writes), [exc] * len(batch.writes)
@@ -128,15 +138,20 @@ class GroupCommit:
             batch.done.set()
 
     def _one_by_one(self, batch: _Batch) -> None:
-        batch.results, batch.errors = [], []
-        for write in batch.writes:
+        results: list[Any] = [None] * len(batch.writes)
+        errors: list[BaseException | None] = [None] * len(batch.writes)
+        for index in _in_key_order(batch):
             try:
                 with self._engine.begin() as conn:
-                    batch.results.append(write(conn))
-                batch.errors.append(None)
+                    results[index] = batch.writes[index](conn)
             except sa_exc.SQLAlchemyError as exc:
-                batch.results.append(None)
-                batch.errors.append(exc)
+                errors[index] = exc
+        batch.results, batch.errors = results, errors
+
+
+def _in_key_order(batch: _Batch) -> list[int]:
+    """The batch's writes by key; writes of one key in the order they came (the last one wins)."""
+    return sorted(range(len(batch.writes)), key=batch.keys.__getitem__)
 
 
 def _outcome(batch: _Batch, index: int) -> Any:

@@ -353,7 +353,7 @@ class SettingsStore:
     def put(self, instance_id: str, settings: str) -> None:
         """Create or replace the settings of one instance, committed before returning."""
         write = self._put(instance_id, settings)
-        self._run(lambda: self._commits.run(write))
+        self._run(lambda: self._commits.run(write, instance_id))
 
     async def put_async(self, instance_id: str, settings: str) -> None:
         """``put`` for the event loop: the PUTs waiting on it share a commit made in one worker thread.
@@ -365,12 +365,12 @@ class SettingsStore:
         write = self._put(instance_id, settings)
         with self._translate_errors():
             try:
-                await self._commits.run_async(write)
+                await self._commits.run_async(write, instance_id)
                 return
             except sa_exc.DBAPIError as exc:
                 if not exc.connection_invalidated:
                     raise
-            await self._commits.run_async(write)
+            await self._commits.run_async(write, instance_id)
 
     def _put(self, instance_id: str, settings: str) -> Callable[[Connection], None]:
         """The write of a PUT, for a commit to run."""
@@ -403,7 +403,7 @@ class SettingsStore:
             self._next_generation(conn, instance_id)
             return bool(conn.execute(statement).rowcount)
 
-        return self._run(lambda: self._commits.run(remove))
+        return self._run(lambda: self._commits.run(remove, instance_id))
 
     def revoke(self, instance_id: str) -> int:
         """Make the instance's current per-VM credential stop working; the new generation."""
@@ -412,7 +412,7 @@ class SettingsStore:
             self._notify(conn, instance_id)
             return self._next_generation(conn, instance_id)
 
-        return self._run(lambda: self._commits.run(bump))
+        return self._run(lambda: self._commits.run(bump, instance_id))
 
     def _next_generation(self, conn: Connection, instance_id: str) -> int:
         values = {"instance_id": instance_id, "generation": 1, "changed_at": datetime.now(UTC)}
