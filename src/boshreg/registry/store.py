@@ -13,7 +13,7 @@ import fcntl
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -360,17 +360,8 @@ class SettingsStore:
 
         The same errors and the same one retry on a connection the database dropped as ``put``.
         """
-        if not self._schema_ready:
-            await asyncio.to_thread(self.ensure_schema)
         write = self._put(instance_id, settings)
-        with self._translate_errors():
-            try:
-                await self._commits.run_async(write, instance_id)
-                return
-            except sa_exc.DBAPIError as exc:
-                if not exc.connection_invalidated:
-                    raise
-            await self._commits.run_async(write, instance_id)
+        await self._run_async(lambda: self._commits.run_async(write, instance_id))
 
     def _put(self, instance_id: str, settings: str) -> Callable[[Connection], None]:
         """The write of a PUT, for a commit to run."""
@@ -454,6 +445,18 @@ class SettingsStore:
                 if not exc.connection_invalidated:
                     raise
             return work()
+
+    async def _run_async(self, work: Callable[[], Awaitable[T]]) -> T:
+        """``_run`` for work awaited on the event loop: the same errors and the same one retry."""
+        if not self._schema_ready:
+            await asyncio.to_thread(self.ensure_schema)
+        with self._translate_errors():
+            try:
+                return await work()
+            except sa_exc.DBAPIError as exc:
+                if not exc.connection_invalidated:
+                    raise
+            return await work()
 
     def count(self) -> int:
         """How many instances have settings."""
