@@ -7,7 +7,7 @@ import errno
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import uvloop
@@ -33,21 +33,26 @@ class Counted(asyncio.Protocol):
         self.made.append(transport)
 
 
-def listening_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(1024)
-    return sock
+@pytest.fixture
+def queued() -> Iterator[Callable[[int], socket.socket]]:
+    """A listening socket with ``count`` connections in its queue, handshakes done and none accepted yet;
+    every socket closed after the test."""
+    opened: list[socket.socket] = []
 
+    def listener_with(count: int) -> socket.socket:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        opened.append(listener)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1024)
+        for _ in range(count):
+            client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            opened.append(client)
+            client.connect(listener.getsockname())
+        return listener
 
-def connect_burst(port: int, count: int) -> list[socket.socket]:
-    """``count`` connections whose handshakes the kernel completes while nobody accepts them."""
-    clients = []
-    for _ in range(count):
-        client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        client.connect(("127.0.0.1", port))
-        clients.append(client)
-    return clients
+    yield listener_with
+    for sock in opened:
+        sock.close()
 
 
 async def turns(count: int) -> None:
@@ -59,11 +64,12 @@ async def turns(count: int) -> None:
 
 
 @pytest.mark.parametrize("loop_name", sorted(LOOPS))
-def test_a_burst_waiting_in_the_queue_is_accepted_a_batch_per_turn(loop_name: str) -> None:
+def test_a_burst_waiting_in_the_queue_is_accepted_a_batch_per_turn(
+    loop_name: str, queued: Callable[[int], socket.socket]
+) -> None:
     """libuv (1.45 and later) accepts one connection per turn: under load a turn took 30 ms, and the last of a
     burst of 128 had its first request answered 2.5 s late. A batch per turn takes 128 in eight turns."""
-    listener = listening_socket()
-    clients = connect_burst(listener.getsockname()[1], 128)
+    listener = queued(128)
     made: list[asyncio.BaseTransport] = []
 
     async def accept_for(count: int) -> int:
@@ -86,15 +92,11 @@ def test_a_burst_waiting_in_the_queue_is_accepted_a_batch_per_turn(loop_name: st
         assert loop.run_until_complete(accept_for(12)) == 128
     finally:
         loop.close()
-        listener.close()
-        for client in clients:
-            client.close()
 
 
-def test_a_turn_accepts_no_more_than_a_batch() -> None:
+def test_a_turn_accepts_no_more_than_a_batch(queued: Callable[[int], socket.socket]) -> None:
     """The connections already open are answered between two batches: a flood does not take a whole turn."""
-    listener = listening_socket()
-    clients = connect_burst(listener.getsockname()[1], 40)
+    listener = queued(40)
     made: list[asyncio.BaseTransport] = []
 
     async def taken_per_turn() -> list[int]:
@@ -116,9 +118,6 @@ def test_a_turn_accepts_no_more_than_a_batch() -> None:
         assert loop.run_until_complete(taken_per_turn()) == [16, 16, 8, 0]
     finally:
         loop.close()
-        listener.close()
-        for client in clients:
-            client.close()
 
 
 class FailingOnce:
@@ -145,14 +144,16 @@ class FailingOnce:
 
 @pytest.mark.parametrize("code", [errno.EMFILE, errno.EPROTO], ids=["out-of-files", "a-failed-connection"])
 def test_a_failing_accept_is_said_once_and_the_queue_is_served_after_it(
-    code: int, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    code: int,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    queued: Callable[[int], socket.socket],
 ) -> None:
     """At the file limit accept() fails while the queue stays readable: trying again at once would spin the
     loop, so the acceptor waits a moment. Any other error ends only that turn's accepting. Either way one
     line says so, nothing is raised into the loop, and the connection waiting is then served."""
     monkeypatch.setattr(acceptor_module, "RETRY_SECONDS", 0.05)
-    listener = listening_socket()
-    clients = connect_burst(listener.getsockname()[1], 1)
+    listener = queued(1)
     made: list[asyncio.BaseTransport] = []
 
     async def accept_through_the_failure() -> int:
@@ -174,9 +175,6 @@ def test_a_failing_accept_is_said_once_and_the_queue_is_served_after_it(
             assert loop.run_until_complete(accept_through_the_failure()) == 1
     finally:
         loop.close()
-        listener.close()
-        for client in clients:
-            client.close()
     lines = [record.getMessage() for record in caplog.records]
     assert len(lines) == 1, lines
     assert "accepting connections" in lines[0]

@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import Column, Connection, Integer, MetaData, String, Table, create_engine, event, insert, select
@@ -16,6 +17,7 @@ from sqlalchemy.engine import URL
 
 from boshreg.registry.group_commit import GroupCommit
 
+T = TypeVar("T")
 metadata = MetaData()
 rows = Table("rows", metadata, Column("id", Integer, primary_key=True), Column("name", String(20), unique=True))
 
@@ -84,6 +86,16 @@ def test_a_write_alone_commits_at_once_and_returns_its_result(tmp_path: Path) ->
         commits.run(lambda conn: conn.execute(insert(rows).values(name="x")).rowcount)
 
 
+async def behind_a_commit(writer: threading.Lock, writes: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """Start ``writes`` while ``writer`` is held, as when a commit is on its way: they queue in one batch,
+    committed once the writer is let go. Their outcomes, in order."""
+    writer.acquire()
+    tasks = [asyncio.create_task(write) for write in writes]
+    await asyncio.sleep(0.2)
+    writer.release()
+    return await asyncio.gather(*tasks)
+
+
 def test_the_event_loops_writes_queued_behind_a_commit_share_one_and_a_refused_one_fails_alone(
     tmp_path: Path,
 ) -> None:
@@ -104,14 +116,8 @@ def test_the_event_loops_writes_queued_behind_a_commit_share_one_and_a_refused_o
             return "refused"
         return "ok"
 
-    async def queued_behind_a_commit() -> list[str]:
-        writer.acquire()  # a commit is on its way: every write below queues behind it
-        tasks = [asyncio.create_task(write(name)) for name in ("a", "b", "taken", "c", "d")]
-        await asyncio.sleep(0.2)
-        writer.release()
-        return await asyncio.gather(*tasks)
-
-    assert asyncio.run(queued_behind_a_commit()) == ["ok", "ok", "refused", "ok", "ok"]
+    outcomes = asyncio.run(behind_a_commit(writer, [write(name) for name in ("a", "b", "taken", "c", "d")]))
+    assert outcomes == ["ok", "ok", "refused", "ok", "ok"]
     with engine.connect() as conn:
         assert sorted(conn.execute(select(rows.c.name)).scalars()) == ["a", "b", "c", "d", "taken"]
     assert len(commits_seen) == 4  # the shared transaction failed on "taken" (rolled back); then each alone
@@ -119,14 +125,7 @@ def test_the_event_loops_writes_queued_behind_a_commit_share_one_and_a_refused_o
     def insert_named(name: str) -> Callable[[Connection], object]:
         return lambda conn: conn.execute(insert(rows).values(name=name))
 
-    async def eight_queued() -> None:
-        writer.acquire()
-        tasks = [asyncio.create_task(commits.run_async(insert_named(f"w{n}"))) for n in range(8)]
-        await asyncio.sleep(0.2)
-        writer.release()
-        await asyncio.gather(*tasks)
-
-    asyncio.run(eight_queued())
+    asyncio.run(behind_a_commit(writer, [commits.run_async(insert_named(f"w{n}")) for n in range(8)]))
     assert len(commits_seen) == 4 + 1
 
 
@@ -167,7 +166,7 @@ def test_two_batches_writing_the_same_vms_in_opposite_orders_do_not_deadlock(ser
     both_hold_a_row = threading.Barrier(2)
     deadlocks: list[BaseException] = []
 
-    def batch(order: list[str]) -> tuple[threading.Lock, GroupCommit, list[threading.Thread]]:
+    def batch(order: list[str]) -> tuple[threading.Lock, list[threading.Thread]]:
         writer = threading.Lock()
         commits = GroupCommit(engine, writer)
         first = threading.Event()
@@ -188,10 +187,10 @@ def test_two_batches_writing_the_same_vms_in_opposite_orders_do_not_deadlock(ser
             return write
 
         threads = [threading.Thread(target=commits.run, args=(touch(name), name)) for name in order]
-        return writer, commits, threads
+        return writer, threads
 
-    first_writer, _first, first_threads = batch(["vm-a", "vm-b"])
-    second_writer, _second, second_threads = batch(["vm-b", "vm-a"])
+    first_writer, first_threads = batch(["vm-a", "vm-b"])
+    second_writer, second_threads = batch(["vm-b", "vm-a"])
     with first_writer, second_writer:  # a commit is on its way in each: both writes of each queue in one batch
         for thread in (*first_threads, *second_threads):
             thread.start()
