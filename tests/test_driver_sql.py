@@ -6,8 +6,21 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import DateTime, Integer, bindparam, create_engine, select, text
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    create_engine,
+    insert,
+    select,
+    text,
+)
 from sqlalchemy.dialects import sqlite
+from sqlalchemy.engine import URL
 
 from boshreg.registry.driver_sql import driver_statement
 
@@ -54,3 +67,40 @@ def test_every_kind_of_time_is_bound_as_sqlalchemys_sqlite_processor_binds_it() 
     ]
     for value in values:
         assert statement.parameters({"p_at": value}) == (sqlalchemys(value),), value
+
+
+_ROW_TABLE = Table(
+    "driver_rows",
+    MetaData(),
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("name", String(32), nullable=False),
+    Column("n", Integer, nullable=True),
+)
+_ROW_COLUMNS = ("at", "name", "n")
+
+
+def test_rows_given_in_column_order_are_stored_as_mappings_would_store_them(database_url: URL) -> None:
+    """``run_rows`` (the audit trail's insert: tuples, no mapping per row) stores what ``run_many`` stores, on
+    every backend: positionally on SQLite and MySQL, through mappings on psycopg's named parameters."""
+    engine = create_engine(database_url)
+    at = datetime(2026, 12, 7, 3, 4, 5, tzinfo=UTC)  # whole seconds: MySQL's DATETIME keeps no more
+    rows = [(at, "vm-1", 1), (at + timedelta(seconds=1), "vm-\\x00", None)]
+    try:
+        _ROW_TABLE.create(engine, checkfirst=True)
+        with engine.begin() as conn:
+            statement = driver_statement(insert(_ROW_TABLE), conn.dialect, _ROW_COLUMNS)
+            statement.run_rows(conn, rows)
+            statement.run_many(conn, [dict(zip(_ROW_COLUMNS, row, strict=True)) for row in rows])
+            statement.run_rows(conn, [])  # nothing to write: no statement
+        with engine.connect() as conn:
+            stored = [tuple(row) for row in conn.execute(select(*_ROW_TABLE.c[1:]).order_by(_ROW_TABLE.c.id))]
+            # as the database keeps them (SQLite: text, which the fleet's CASEs compare as text)
+            raw = [tuple(row) for row in conn.exec_driver_sql("SELECT at, name, n FROM driver_rows ORDER BY id")]
+    finally:
+        _ROW_TABLE.drop(engine, checkfirst=True)
+        engine.dispose()
+    assert raw[:2] == raw[2:]
+    naive = [(value.replace(tzinfo=None), name, n) for value, name, n in rows]
+    as_read = [(value.replace(tzinfo=None), name, n) for value, name, n in stored]
+    assert as_read == naive + naive
