@@ -215,6 +215,8 @@ def test_the_table_is_plain_when_piped_and_names_the_fix_when_the_database_is_aw
 ) -> None:
     registry = start_registry()
     put(registry, "vm-table")
+    # the write's fleet row comes with the writer's next flush; before it the VM's age is unknown (never-read)
+    fleet(registry, tmp_path, until=lambda rows: rows["vm-table"]["stored_at"] is not None)
     result = boshreg("fleet", "--config", config_of(registry), cwd=tmp_path)
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["INSTANCE", "STATE", "STORED", "LAST", "READ", "FROM", "CREDENTIAL", "READS",
@@ -285,6 +287,7 @@ def test_a_fault_in_the_fleet_update_neither_loses_events_nor_stops_the_writer(
 def test_states_are_coloured_on_a_terminal_unless_no_color(start_registry: RegistryLauncher, tmp_path: Path) -> None:
     registry = start_registry()
     put(registry, "vm-colour")
+    fleet(registry, tmp_path, until=lambda rows: rows["vm-colour"]["stored_at"] is not None)  # the writer's flush
     args = ["fleet", "--config", config_of(registry)]
     assert "\x1b[33mwaiting" in in_a_terminal(args, tmp_path, {})  # yellow: stored, not read yet
     plain = in_a_terminal(args, tmp_path, {"NO_COLOR": "1"})

@@ -103,3 +103,12 @@ def test_a_registry_on_sqlite_does_not_load_the_postgresql_loop_driver() -> None
     )
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "False"
+
+
+def test_the_registrys_process_does_not_load_the_http_client_or_the_test_clouds_server() -> None:
+    """``boshreg serve`` imports the whole command line; httpx (with, where installed, its own command line's
+    rich and pygments) and uvicorn are for the commands that talk to a registry and for the test cloud's
+    emulators. In every registry process they were ~7 MiB of two workers' peak RSS (make bench)."""
+    probe = "import sys\nimport boshreg.cli\nprint(sorted({'httpx', 'uvicorn'} & set(sys.modules)))\n"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"

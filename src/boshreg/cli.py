@@ -15,7 +15,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TextIO, TypeVar
 
 import click
 from click.core import ParameterSource
@@ -29,7 +29,6 @@ from boshreg.bootstrap.net import is_ip_address
 from boshreg.bootstrap.nova import CLOUDS
 from boshreg.bootstrap.userdata import decode as decode_user_data
 from boshreg.bootstrap.verdict import STEMCELL_ORDER, Word, source_order
-from boshreg.client import RegistryClient
 from boshreg.cpi.credentials import per_vm_endpoint
 from boshreg.cpi.delivery import Delivery
 from boshreg.cpi.delivery import render as render_bootstrap
@@ -67,6 +66,9 @@ from boshreg.why import (
     vm_side_from_user_data,
 )
 from boshreg.why import diagnose as why_diagnose
+
+if TYPE_CHECKING:
+    from boshreg.client import RegistryClient
 
 log = logging.getLogger("boshreg")
 
@@ -553,7 +555,7 @@ def settings() -> None:
 @timeout_option
 def settings_get(instance_id: str, endpoint: str | None, data_dir: Path, cacert: str | None, timeout: float) -> None:
     """Print the settings stored for INSTANCE_ID, exactly as stored."""
-    with RegistryClient(_endpoint(endpoint, data_dir), timeout=timeout, cacert=cacert) as client:
+    with _registry_client(_endpoint(endpoint, data_dir), timeout=timeout, cacert=cacert) as client:
         settings_text = client.get_settings(instance_id)
     click.echo(settings_text, nl=not settings_text.endswith("\n"))
 
@@ -575,7 +577,7 @@ def settings_put(
 ) -> None:
     """Store FILE (or standard input, -) as the settings of INSTANCE_ID."""
     content = settings_file.read()
-    with RegistryClient(_endpoint(endpoint, data_dir), timeout=timeout, cacert=cacert) as client:
+    with _registry_client(_endpoint(endpoint, data_dir), timeout=timeout, cacert=cacert) as client:
         client.put_settings(instance_id, content)
     click.echo(f"stored settings of {instance_id} ({len(content)} bytes)")
 
@@ -588,7 +590,7 @@ def settings_put(
 @timeout_option
 def settings_delete(instance_id: str, endpoint: str | None, data_dir: Path, cacert: str | None, timeout: float) -> None:
     """Remove the settings of INSTANCE_ID (succeeds when there were none)."""
-    with RegistryClient(_endpoint(endpoint, data_dir), timeout=timeout, cacert=cacert) as client:
+    with _registry_client(_endpoint(endpoint, data_dir), timeout=timeout, cacert=cacert) as client:
         client.delete_settings(instance_id)
     click.echo(f"deleted settings of {instance_id}")
 
@@ -618,7 +620,7 @@ def credentials_revoke(
     render --per-vm-credentials`, or `--instance-secret-file` with the printed generation) and recreate
     it. Deleting a VM's settings revokes its credential too.
     """
-    with RegistryClient(_endpoint(endpoint, data_dir), timeout=timeout, cacert=cacert) as client:
+    with _registry_client(_endpoint(endpoint, data_dir), timeout=timeout, cacert=cacert) as client:
         generation = client.revoke_credentials(instance_id)
     click.echo(f"revoked the per-VM credential of {instance_id}; its credentials are now of generation {generation}")
 
@@ -838,7 +840,7 @@ def userdata_from_registry(
     _check_output_directory(output)
     _check_dns(dns)
     if endpoint_url:
-        with RegistryClient(parse_endpoint(endpoint_url, key="--endpoint"), timeout=timeout, cacert=cacert) as client:
+        with _registry_client(parse_endpoint(endpoint_url, key="--endpoint"), timeout=timeout, cacert=cacert) as client:
             text, where = client.get_settings(instance_id), "the registry"
     else:
         config, where = _registry_database(config_file, data_dir)
@@ -1280,6 +1282,14 @@ def _check_dns(servers: tuple[str, ...]) -> None:
 
 def _print_json(document: object) -> None:
     click.echo(json.dumps(document, indent=2, ensure_ascii=False))
+
+
+def _registry_client(endpoint: Endpoint, *, timeout: float, cacert: str | None) -> RegistryClient:
+    """A client of a running registry. Its module (httpx) is loaded here, by the commands that ask one, not
+    by ``boshreg serve``: every registry process would carry it (~5 MiB; test_structure)."""
+    from boshreg.client import RegistryClient
+
+    return RegistryClient(endpoint, timeout=timeout, cacert=cacert)
 
 
 def _endpoint(url: str | None, data_dir: Path) -> Endpoint:

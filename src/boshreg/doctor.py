@@ -26,7 +26,6 @@ from boshreg.bootstrap.verdict import (
     nova_readings,
     predict,
 )
-from boshreg.client import NotARegistry, RegistryClient, RegistryClientError
 from boshreg.cpi.delivery import Delivery
 from boshreg.errors import BoshregError
 
@@ -270,7 +269,10 @@ def _check_verdict(report: Report, endpoint: Endpoint, raw: str, properties: Map
 
 
 def _check_online(report: Report, endpoint: Endpoint, timeout: float, cacert: str | None) -> None:
+    from boshreg.client import NotARegistry, RegistryClient, RegistryClientError  # not in `serve` (test_structure)
+
     name = "registry answers"
+
     try:
         with RegistryClient(endpoint, timeout=timeout, cacert=cacert) as client:
             client.get_settings(PROBE_INSTANCE)

@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from boshreg.bootstrap.endpoint import Endpoint
-from boshreg.client import RegistryClient
 from boshreg.registry.audit import printable
 from boshreg.registry.config import RegistryConfig
 from boshreg.registry.fleet import State, ago, query_fleet
@@ -31,6 +30,8 @@ def fleet_from_endpoint(
     endpoint: Endpoint, agent_wait: float, *, timeout: float, cacert: str | None
 ) -> list[dict[str, Any]]:
     """The same rows, asked of a running registry with admin credentials."""
+    from boshreg.client import RegistryClient  # httpx: not in `serve` (test_structure)
+
     with RegistryClient(endpoint, timeout=timeout, cacert=cacert) as client:
         return client.fleet(agent_wait)
 

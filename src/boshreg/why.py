@@ -21,7 +21,6 @@ from sqlalchemy import Engine
 from boshreg.bootstrap import userdata
 from boshreg.bootstrap.endpoint import Endpoint, redact_url
 from boshreg.bootstrap.verdict import Verdict, Word, boot_problems, nova_readings, predict
-from boshreg.client import RegistryClient, RegistryClientError
 from boshreg.errors import BoshregError
 from boshreg.registry.audit import Event, query_events
 from boshreg.registry.config import RegistryConfig
@@ -285,6 +284,10 @@ def registry_side_from_endpoint(
     endpoint: Endpoint, instance: str, *, timeout: float, cacert: str | None
 ) -> RegistrySide:
     """The same, asked of a running registry with admin credentials."""
+    # Imported here: httpx (with its command line's rich and pygments) was ~10 MB of every registry
+    # process's memory, and a registry only ever reads its own database (the dashboard's verdicts).
+    from boshreg.client import RegistryClient, RegistryClientError
+
     with RegistryClient(endpoint, timeout=timeout, cacert=cacert) as client:
         try:
             client.get_settings(instance)

@@ -12,7 +12,6 @@ from dataclasses import replace
 
 from boshreg.bootstrap.credentials import credential_problem, instance_token
 from boshreg.bootstrap.endpoint import Endpoint
-from boshreg.client import RegistryClient
 from boshreg.errors import BoshregError
 
 
@@ -30,6 +29,8 @@ def per_vm_endpoint(
     if secret is not None:
         user, password = instance_id, instance_token(secret, instance_id, generation)
     else:
+        from boshreg.client import RegistryClient  # not in `serve` (test_structure)
+
         with RegistryClient(admin, cacert=cacert) as client:
             user, password = client.instance_credentials(instance_id)
     return replace(admin, user=user, password=password)

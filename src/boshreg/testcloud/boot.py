@@ -25,7 +25,6 @@ from boshreg.agent import ResolveError, Trace, load_agent_config, resolve
 from boshreg.agent.agent_json import retarget
 from boshreg.bootstrap import userdata
 from boshreg.bootstrap.endpoint import Endpoint
-from boshreg.client import RegistryClient
 from boshreg.cpi.delivery import Delivery, render
 from boshreg.testcloud.configdrive import drive_files, write_iso
 from boshreg.testcloud.metadata import MetadataServer
@@ -113,6 +112,8 @@ def boot(
     with running_registry(work_dir, say, kept=kept) as registry:
         registry_url, endpoint = registry.url, registry.endpoint
         if not registry_less:
+            from boshreg.client import RegistryClient  # httpx: not in `serve` (test_structure)
+
             with RegistryClient(endpoint) as client:
                 client.put_settings(name, json.dumps(settings))
             say(f"2. CPI       PUT /instances/{name}/settings ({len(json.dumps(settings))} bytes)")

@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import yaml
 
 from boshreg.bootstrap import nova, userdata
@@ -283,6 +282,8 @@ def _create(
     vm: LabVm, kind: str, admin: Endpoint, secret: str | None, work_dir: Path, drive_fault: str | None = None
 ) -> tuple[TestVm, dict[str, Any]]:
     """Store the VM's settings as the CPI does and make its create request, Nova's view and its drive."""
+    import httpx  # not in `serve` (test_structure)
+
     settings = example_settings(vm.name)
     response = httpx.put(  # never through a proxy from the environment: the bridge is ours alone
         admin.settings_url(vm.name),
@@ -459,6 +460,8 @@ def bridge_registry(lab: NetLab, cloud: OpenStackStandIn, work_dir: Path, mode: 
 
 
 def _wait_until_up(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
+    import httpx  # not in `serve` (test_structure)
+
     deadline = time.monotonic() + REGISTRY_START_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:

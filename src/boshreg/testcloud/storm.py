@@ -27,12 +27,9 @@ from multiprocessing.queues import Queue
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
 from boshreg.agent import HttpSource, ResolveError, resolve
 from boshreg.bootstrap import userdata
 from boshreg.bootstrap.endpoint import Endpoint
-from boshreg.client import RegistryClient
 from boshreg.cpi.credentials import per_vm_endpoint
 from boshreg.cpi.delivery import render
 from boshreg.registry.datadir import INSTANCE_SECRET_FILE
@@ -204,6 +201,8 @@ def _store_all(endpoint: Endpoint, names: Sequence[str], stored: _Counter) -> No
         client.put_settings(name, json.dumps(example_settings(name)))
         stored.add()
 
+    from boshreg.client import RegistryClient  # httpx: not in `serve` (test_structure)
+
     with RegistryClient(endpoint, timeout=30) as client, ThreadPoolExecutor(CPI_WRITERS) as writers:
         list(writers.map(put, names))
 
@@ -295,6 +294,8 @@ class _MetadataProcess:
 
 def _serve_metadata(vms: list[TestVm], ports: Queue[int]) -> None:
     """The emulator's answers under uvicorn: a thread per connection costs more than the registry itself."""
+    import uvicorn  # not in `serve` (test_structure)
+
     listening = bind("127.0.0.1", 0)
     ports.put(listening.port)
     config = uvicorn.Config(
