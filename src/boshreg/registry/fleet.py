@@ -16,7 +16,6 @@ from __future__ import annotations
 import enum
 import functools
 import json
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -43,7 +42,7 @@ from sqlalchemy.sql import ColumnElement, case
 from sqlalchemy.sql.dml import Insert
 
 from boshreg.bootstrap.registry_key import REGISTRY_KEY
-from boshreg.registry.driver_sql import driver_statement
+from boshreg.registry.driver_sql import SQLITE_HAS_JSON, driver_statement
 from boshreg.registry.tables import registry_fleet, registry_instances
 
 if TYPE_CHECKING:  # the trail imports this module to keep the table in its transaction
@@ -128,8 +127,9 @@ def apply_changes(conn: Connection, changes: dict[str, Change]) -> None:
         present = _present(conn, counted)
         missing = [{"p_id": i} for i in counted if i not in present]
         driver_statement(_ensure_row(dialect.name), dialect).run_many(conn, missing)
-    driver_statement(_READS, dialect).run_many(conn, [_read_row(i, c) for i, c in ordered if c.reads])
-    driver_statement(_REFUSALS, dialect).run_many(conn, [_refusal_row(i, c) for i, c in ordered if c.refusals])
+    # one row per instance (changes are by instance): each statement can run in one step (run_batch)
+    driver_statement(_READS, dialect).run_batch(conn, [_read_row(i, c) for i, c in ordered if c.reads])
+    driver_statement(_REFUSALS, dialect).run_batch(conn, [_refusal_row(i, c) for i, c in ordered if c.refusals])
 
 
 def _present(conn: Connection, instance_ids: list[str]) -> set[str]:
@@ -138,7 +138,7 @@ def _present(conn: Connection, instance_ids: list[str]) -> set[str]:
     writer's time on PostgreSQL and 6 us a distinct read on SQLite."""
     if conn.dialect.name == "postgresql":
         return set(driver_statement(_PRESENT_IN_ARRAY, conn.dialect).run(conn, {"p_ids": instance_ids}).scalars())
-    if conn.dialect.name == "sqlite" and _SQLITE_HAS_JSON:
+    if conn.dialect.name == "sqlite" and SQLITE_HAS_JSON:
         in_json = {"p_ids": json.dumps(instance_ids)}
         return set(driver_statement(_PRESENT_IN_JSON, conn.dialect).run(conn, in_json).scalars())
     found: set[str] = set()
@@ -161,7 +161,6 @@ _DELETE = delete(registry_fleet).where(_F.instance_id == bindparam("p_id"))
 _PRESENT_IN_ARRAY = select(_F.instance_id).where(
     _F.instance_id == any_(bindparam("p_ids", type_=postgresql.ARRAY(String)))
 )
-_SQLITE_HAS_JSON = sqlite3.sqlite_version_info >= (3, 38, 0)  # json_each built in (before: where compiled in)
 _PRESENT_IN_JSON = select(_F.instance_id).where(
     _F.instance_id.in_(select(func.json_each(bindparam("p_ids", type_=String)).table_valued("value")))
 )
