@@ -1,17 +1,63 @@
-"""The audit trail's writer: its one-statement batches on SQLite."""
+"""The audit trail's writer: its pace when writing is slow, and its one-statement batches on SQLite."""
 
 from __future__ import annotations
 
+import itertools
+import statistics
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, insert, select
 
+from boshreg.registry import audit as audit_module
 from boshreg.registry import driver_sql
 from boshreg.registry.audit import AuditLog, Event, query_events
 from boshreg.registry.store import SettingsStore
 from boshreg.registry.tables import registry_fleet
+
+
+@pytest.mark.sqlite
+def test_counted_reads_are_closed_by_the_clock_while_writing_them_is_slow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each close of the counted reads is written in 0.3 s (a database under load); a close is due every 0.4 s
+    and the writer turns every 0.1 s. By the clock the next close comes at the first turn after its due time
+    (~0.4 s apart); counting four turns a close, as before, added three idle turns (~0.7 s apart)."""
+    monkeypatch.setattr(audit_module, "FLUSH_SECONDS", 0.1)
+    monkeypatch.setattr(audit_module, "READS_SECONDS", 0.4)
+    store = SettingsStore(create_engine(f"sqlite:///{tmp_path / 'trail.db'}"))
+    store.ensure_schema()
+    trail = AuditLog(store.engine, max_age=timedelta(days=1), max_rows=10_000)
+    closes: list[float] = []
+    close_reads, write = trail._close_reads, trail._write
+
+    def counted_close() -> None:
+        closes.append(time.monotonic())
+        close_reads()
+
+    def slow_write(batch: list[Event]) -> None:
+        time.sleep(0.3)
+        write(batch)
+
+    monkeypatch.setattr(trail, "_close_reads", counted_close)
+    monkeypatch.setattr(trail, "_write", slow_write)
+    trail.start()
+    try:
+        until = time.monotonic() + 4.0
+        n = 0
+        while time.monotonic() < until:  # a read every 10 ms: every close has reads to write
+            trail.record_read(f"vm-{n}", "10.0.0.2", "per-vm")
+            n += 1
+            time.sleep(0.01)
+    finally:
+        trail.stop()
+        store.close()
+    gaps = [later - earlier for earlier, later in itertools.pairwise(closes)]
+    assert len(gaps) >= 4, gaps
+    assert statistics.median(gaps) < 0.55, gaps  # by the clock 0.40 apart, by turns 0.70
+    assert sum(1 for event in query_events(store.engine, limit=10_000) if event.action == "read") == n  # none lost
 
 
 def _batch(count: int) -> list[Event]:
