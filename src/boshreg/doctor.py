@@ -272,7 +272,6 @@ def _check_online(report: Report, endpoint: Endpoint, timeout: float, cacert: st
     from boshreg.client import NotARegistry, RegistryClient, RegistryClientError  # not in `serve` (test_structure)
 
     name = "registry answers"
-
     try:
         with RegistryClient(endpoint, timeout=timeout, cacert=cacert) as client:
             client.get_settings(PROBE_INSTANCE)

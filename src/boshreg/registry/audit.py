@@ -329,8 +329,7 @@ class AuditLog:
 
     def _run(self) -> None:
         # Reads are closed by the clock, not by turns of this loop: a turn that writes a window's reads can take
-        # seconds under load, and counting turns then added three idle turns (1.5 s) before the next close,
-        # while the reads waited in memory (measured: closes 4-10 s apart under the cold-read bench).
+        # seconds under load, and counting turns then added three idle turns (1.5 s) before the next close.
         reads_closed = pruned = time.monotonic()
         while not self._stopping.is_set():
             self._wake.wait(FLUSH_SECONDS)
