@@ -253,6 +253,17 @@ def reads(base: str, connections: int, credentials_file: Path, seconds: float = 
     return wrk(base, "get_own.lua", connections, 0, seconds, BENCH_CREDENTIALS=str(credentials_file))
 
 
+def trail_behind(base: str) -> dict[str, int]:
+    """The audit trail right after a load: events still waiting to be written and events dropped, all workers
+    (from /metrics, whose worker snapshots are at most a second old). Whether the trail kept up with the reads."""
+    text = httpx.get(f"{base}/metrics", headers={"Authorization": f"Basic {AUTH}"}, timeout=10).text
+    found = dict(line.split(" ", 1) for line in text.splitlines() if line.startswith("boshreg_audit_"))
+    return {
+        "waiting": int(float(found.get("boshreg_audit_queue_depth", "0"))),
+        "dropped": int(float(found.get("boshreg_audit_dropped_events_total", "0"))),
+    }
+
+
 @contextmanager
 def nginx_server(workdir: Path) -> Iterator[str]:
     root = workdir / "nginx"
@@ -308,7 +319,7 @@ def main() -> int:
             results[f"hot_sqlite_{stack}"]["peak_rss_mib"] = round(rss.peak / 2**20, 1)
         with registry(workdir, sqlite, cache_bytes=0) as (base, pid), PeakRss(pid) as rss:
             print(f"sqlite: cold GET ({STORED:,} instances, cache off) ...", flush=True)
-            results["cold_sqlite"] = {"c256": reads(base, 256, cold)}
+            results["cold_sqlite"] = {"c256": reads(base, 256, cold), "trail": trail_behind(base)}
         # Before PostgreSQL, so that no checkpoint of its million-row load can run into the storm.
         print(f"boot storm: {STORM_VMS:,} VMs, {STORM_CONCURRENCY} at a time ...", flush=True)
         report = storm(workdir / "storm", vms=STORM_VMS, concurrency=STORM_CONCURRENCY, say=lambda _line: None)
@@ -326,7 +337,7 @@ def main() -> int:
             results["hot_postgres"]["peak_rss_mib"] = round(rss.peak / 2**20, 1)
             with registry(workdir, pg_url, cache_bytes=0) as (base, _pid):
                 print("postgres: cold GET (cache off) ...", flush=True)
-                results["cold_postgres"] = {"c256": reads(base, 256, cold)}
+                results["cold_postgres"] = {"c256": reads(base, 256, cold), "trail": trail_behind(base)}
             for count in SCALES:
                 print(f"postgres scaling: {count:,} instances (cache off) ...", flush=True)
                 load(pg_url, count)
@@ -342,7 +353,7 @@ def main() -> int:
             results["hot_mysql"]["peak_rss_mib"] = round(rss.peak / 2**20, 1)
             with registry(workdir, mysql_url, cache_bytes=0) as (base, _pid):
                 print("mariadb: cold GET (cache off) ...", flush=True)
-                results["cold_mysql"] = {"c256": reads(base, 256, cold)}
+                results["cold_mysql"] = {"c256": reads(base, 256, cold), "trail": trail_behind(base)}
         for count in SCALES:
             url = URL.create("sqlite", database=str(workdir / f"scale-{count}.db"))
             print(f"scaling: {count:,} instances (cache off) ...", flush=True)
@@ -432,10 +443,14 @@ def table(results: dict[str, Any]) -> str:
     )
     drift = ", ".join(f"{k} {v:+.1%}" for k, v in results["nginx_drift"].items())
     spread = ", ".join(f"{k} {v:.1%}" for k, v in results["scale_spread"].items())
+    trail = "; ".join(
+        f"{name} {results[key]['trail']['waiting']:,} waiting, {results[key]['trail']['dropped']:,} dropped"
+        for key, name in (("cold_sqlite", "SQLite"), ("cold_postgres", "PostgreSQL"), ("cold_mysql", "MariaDB"))
+    )
     return "\n".join(
         [f"{results['date']}  {results['machine']}", results["load"], f"nginx drift, last vs first: {drift}", "",
-         *lines, f"slowest size below the fastest, {', '.join(f'{n:,}' for n in SCALES)} stored: {spread}", "",
-         storm_line]
+         *lines, f"slowest size below the fastest, {', '.join(f'{n:,}' for n in SCALES)} stored: {spread}",
+         f"audit trail right after each cold run (events): {trail}", "", storm_line]
     )  # fmt: skip
 
 
