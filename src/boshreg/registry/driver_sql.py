@@ -108,7 +108,7 @@ class DriverStatement:
         """``run_many`` as one statement where the database can (SQLite: the rows as one JSON array), for rows
         that each touch other database rows (an UPDATE by key of distinct keys): the one statement applies each
         row once, in no set order."""
-        if len(rows) > 1 and self.positions is not None:
+        if len(rows) > 1 and self._one_step_form() is not None:  # else run_many orders the parameters, once
             in_order = [self.parameters(row) for row in rows]
             if self._run_in_one_step(conn, [values for values in in_order if isinstance(values, tuple)]):
                 return
@@ -137,20 +137,20 @@ class DriverStatement:
     def _one_step_form(self) -> DriverStatement | None:
         """This statement reading its rows from one JSON array (SQLite with json_each; made on first use)."""
         if self._one_step is False:
-            names = tuple(dict.fromkeys(self.positions or ()))  # each parameter once, in its first place's order
-            self._distinct_positions = tuple((self.positions or ()).index(name) for name in names)
-            self._one_step = _json_rows_form(self)
+            positions = self.positions or ()
+            names = tuple(dict.fromkeys(positions))  # each parameter once, in its first place's order
+            self._distinct_positions = tuple(positions.index(name) for name in names)
+            self._one_step = _json_rows_form(self, names)
         return self._one_step if isinstance(self._one_step, DriverStatement) else None
 
 
-def _json_rows_form(statement: DriverStatement) -> DriverStatement | None:
-    """``statement`` with its rows from ``json_each`` of one parameter: an INSERT of ``columns`` as an
-    INSERT ... SELECT, an UPDATE with each named parameter swapped for a column of the rows (SQLite then runs
-    UPDATE ... FROM). None where that is not SQLite, or for another kind of statement (SQLite's DELETE takes no
-    FROM)."""
+def _json_rows_form(statement: DriverStatement, names: tuple[str, ...]) -> DriverStatement | None:
+    """``statement`` with its rows (each the values of ``names``) from ``json_each`` of one parameter: an INSERT
+    of ``columns`` as an INSERT ... SELECT, an UPDATE with each named parameter swapped for a column of the rows
+    (SQLite then runs UPDATE ... FROM). None where that is not SQLite, or for another kind of statement (SQLite's
+    DELETE takes no FROM)."""
     if statement._dialect.name != "sqlite" or not SQLITE_HAS_JSON or statement.positions is None:
         return None
-    names = tuple(dict.fromkeys(statement.positions))  # each once, in the order of _distinct_positions
     each = func.json_each(bindparam("p_rows", type_=String)).table_valued("value")
     source = select(
         *(func.json_extract(each.c.value, literal_column(f"'$[{index}]'")).label(name) for index, name in
