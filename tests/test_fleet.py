@@ -26,7 +26,7 @@ from support.registry import ADMIN_PASSWORD, INSTANCE_SECRET, RegistryProcess, f
 
 ADMIN = ("admin", ADMIN_PASSWORD)
 SETTINGS = b'{"agent_id": "a-1"}'
-WAIT_SECONDS = 10  # the audit writer flushes every 0.5 s (counted reads every 2 s); this bounds a wait for it
+WAIT_SECONDS = 10  # the audit writer flushes every 0.5 s (further reads every 10 s); this bounds a wait for it
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 AGENT_WAIT = 3  # seconds: the states test has this long after its last PUT to read the fleet
 
@@ -129,7 +129,7 @@ def get(registry: RegistryProcess, key: str, auth: tuple[str, str] | None) -> in
 def fleet(
     registry: RegistryProcess, tmp_path: Path, *extra: str, until: Callable[[dict[str, Any]], bool]
 ) -> dict[str, dict[str, Any]]:
-    """``boshreg fleet --json`` by instance, once ``until`` holds (the writer flushes every 0.5 s, reads every 2 s)."""
+    """``boshreg fleet --json`` by instance, once ``until`` holds (the writer flushes every 0.5 s)."""
     deadline = time.monotonic() + WAIT_SECONDS
     while True:
         result = boshreg("fleet", "--config", config_of(registry), "--json", *extra, cwd=tmp_path)

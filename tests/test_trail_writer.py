@@ -110,3 +110,42 @@ def test_a_batch_in_one_statement_stores_what_one_statement_a_row_stores(
     one_step = sorted(" ".join(sql.split()[:3]) for sql in statements if "FROM json_each(?) AS anon_1) AS batch" in sql)
     trail_and_fleet = ["INSERT INTO registry_events", "UPDATE registry_fleet SET", "UPDATE registry_fleet SET"]
     assert one_step == (trail_and_fleet if one_step_wanted else []), statements  # the reads' and refusals' UPDATEs
+
+
+@pytest.mark.sqlite
+def test_a_readers_first_read_is_written_at_once_and_the_rest_of_its_window_as_one_event(tmp_path: Path) -> None:
+    """`why` and the fleet see a VM's read at the writer's next turn; a VM polling its settings costs two rows
+    a window (each a random page of the trail's index and of the fleet table), not one a read or a turn."""
+    store = SettingsStore(create_engine(f"sqlite:///{tmp_path / 'trail.db'}"))
+    store.ensure_schema()
+    store.put("vm-a", "{}")
+    store.put("vm-b", "{}")
+    trail = AuditLog(store.engine, max_age=timedelta(days=1), max_rows=10_000)
+
+    def reads() -> list[tuple[str, int]]:
+        return [(e.instance_id, e.count) for e in reversed(query_events(store.engine)) if e.action == "read"]
+
+    try:
+        for _ in range(5):
+            trail.record_read("vm-a", "10.0.0.2", "per-vm")
+        trail.record_read("vm-b", "10.0.0.3", "per-vm")
+        assert trail.queue_depth == 3  # two first reads, and vm-a's further reads as one event to come
+        trail.flush(reads=False)  # a turn of the writer within the window
+        assert reads() == [("vm-a", 1), ("vm-b", 1)]
+        for _ in range(3):
+            trail.record_read("vm-a", "10.0.0.2", "per-vm")
+        trail.flush(reads=False)
+        assert reads() == [("vm-a", 1), ("vm-b", 1)]  # further reads wait for the window's close
+        assert trail.queue_depth == 1
+        trail.flush()  # the window closes
+        assert reads() == [("vm-a", 1), ("vm-b", 1), ("vm-a", 7)]
+        assert trail.queue_depth == 0
+        trail.record_read("vm-a", "10.0.0.2", "per-vm")  # a new window: its first read at once again
+        trail.flush(reads=False)
+        assert reads() == [("vm-a", 1), ("vm-b", 1), ("vm-a", 7), ("vm-a", 1)]
+        with store.engine.connect() as conn:
+            fleet = {row.instance_id: row for row in conn.execute(select(registry_fleet))}
+    finally:
+        store.close()
+    assert (fleet["vm-a"].reads, fleet["vm-b"].reads) == (9, 1)  # every read counted once
+    assert fleet["vm-a"].first_read_at < fleet["vm-a"].last_read_at

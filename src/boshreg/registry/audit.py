@@ -9,10 +9,11 @@ or a newline arrives as ``\x00``, ``\n``), an event the database refuses is drop
 blocking the batch, refused requests (401, 403, 429) from one address for one id are written once per window,
 and the rest of that window's as one event with a count, and pruning removes those refusals before any other event.
 
-Successful reads are counted, not written one by one: per (instance, address, credential kind), one event
-per ``READS_SECONDS`` with the time of the first read, the last, and how many there were. "Who read what from
-where" stays exact; at 50,000 reads a second the trail grows by a row per reader and half second, not by
-50,000 rows (which had overwritten a million-row cap every 20 s) and a read costs a dictionary update.
+Successful reads are counted as refusals are: per (instance, address, credential kind) and window of
+``READS_SECONDS``, the first read is written at once (``why`` and the fleet see it within a flush), the rest of
+the window's as one event with the time of the first of them, the last, and how many. "Who read what from
+where" stays exact; at 50,000 reads a second the trail grows by two rows per reader and window, not by 50,000
+rows (which had overwritten a million-row cap every 20 s), and a read costs a dictionary update.
 """
 
 from __future__ import annotations
@@ -41,10 +42,11 @@ from boshreg.registry.tables import registry_events
 log = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 0.5
-# Counted reads become events this often (or sooner, when another event for the trail arrives): with 2,000
-# VMs polling, the rows (and the fleet updates) they cost were ~30% of a worker's CPU at 0.5 s.
-READS_SECONDS = 2.0
 REFUSALS_WINDOW = 10.0  # seconds: refused requests from one address become one event with a count
+# Reads after the first of a window become one event this often (or sooner, when another event for the trail
+# arrives). Each row of a distinct reader costs a random page of the trail's per-instance index and one of the
+# fleet table: with 2,000 VMs polling, those rows were ~30% of a worker's CPU at 0.5 s and still ~30% at 2 s.
+READS_SECONDS = REFUSALS_WINDOW
 REFUSED_STATUSES = frozenset({401, 403, 429})
 PRUNE_SECONDS = 60.0
 QUEUE_MAX = 100_000
@@ -125,8 +127,11 @@ class AuditLog:
         self._queue: deque[Event] = deque()
         self._refusals: dict[tuple[str, ...], Event] = {}  # by (client, action, id, credential, status): this window's
         self._refusals_since = 0.0
-        # (id, client, credential) → [the first read's time.time(), count, the last read's]
+        # (id, client, credential) → [the first of the window's further reads (time.time()), how many, the last
+        # read's]: the window's readers; their first reads wait in _first_reads to be written at the next flush
         self._reads: dict[tuple[str, str, str], list[float]] = {}
+        self._first_reads: list[tuple[str, str, str, float]] = []
+        self._further_reads = 0  # readers with further reads in this window: events waiting for its close
         self._reads_lock = threading.Lock()
         self._dropped = 0
         self._poisoned = 0
@@ -157,7 +162,7 @@ class AuditLog:
             self.record_read(instance_id, client, credential)
             return
         if self._reads:
-            self._close_reads()  # reads counted so far come before this event in the trail, as they happened
+            self._close_reads()  # reads so far come before this event in the trail, as they happened
         event = Event(
             datetime.now(UTC), action, escape_id(instance_id)[:255], client[:64], credential, status, outcome, size=size
         )
@@ -173,7 +178,8 @@ class AuditLog:
         self._enqueue(event)
 
     def record_read(self, instance_id: str, client: str, credential: str) -> None:
-        """Count one successful read; the writer turns the counts into events at its next flush.
+        """Count one successful read: a reader's first of the window is written at the next flush, the rest
+        when the window closes.
 
         On the event loop, once per read: times are kept as ``time.time()`` (~50 ns) and become datetimes in
         the writer's thread (``datetime.now`` here was a third of this method's time on a cold read)."""
@@ -182,20 +188,39 @@ class AuditLog:
         with self._reads_lock:
             seen = self._reads.get(key)
             if seen is not None:
+                if not seen[1]:
+                    seen[0] = now
+                    self._further_reads += 1
                 seen[1] += 1
                 seen[2] = now  # the fleet's "last read"
             elif len(self._reads) < QUEUE_MAX:
-                self._reads[key] = [now, 1, now]
+                self._reads[key] = [now, 0, now]
+                self._first_reads.append((instance_id, client, credential, now))
             else:
                 self._dropped += 1
                 self.dropped_total += 1
 
+    def _take_first_reads(self) -> None:
+        """Move the readers' first reads of this window to the queue, one event each."""
+        with self._reads_lock:
+            firsts, self._first_reads = self._first_reads, []
+        stamp = datetime.fromtimestamp
+        for instance_id, client, credential, first in firsts:
+            at = stamp(first, UTC)
+            self._enqueue(
+                Event(at, "read", escape_id(instance_id)[:255], client[:64], credential, 200, "ok", last_at=at)
+            )
+
     def _close_reads(self) -> None:
-        """Move the counted reads to the queue, one event per (instance, client, credential)."""
+        """Close the reads' window: first reads to the queue, then one event per reader with further reads."""
+        self._take_first_reads()
         with self._reads_lock:
             reads, self._reads = self._reads, {}
+            self._further_reads = 0
         stamp = datetime.fromtimestamp
         for (instance_id, client, credential), (first, count, last) in reads.items():
+            if not count:
+                continue  # one read, written as the first
             at = stamp(first, UTC)
             last_at = at if last == first else stamp(last, UTC)
             stored_id = escape_id(instance_id)[:255]
@@ -203,8 +228,8 @@ class AuditLog:
 
     @property
     def queue_depth(self) -> int:
-        """Events waiting to be written (reads counted since the last flush count as one each)."""
-        return len(self._queue) + len(self._reads)
+        """Events waiting to be written (a reader's further reads in this window count as one)."""
+        return len(self._queue) + len(self._first_reads) + self._further_reads
 
     def _enqueue(self, event: Event) -> None:
         if len(self._queue) >= QUEUE_MAX:
@@ -230,9 +255,12 @@ class AuditLog:
         self._thread.join(timeout=10)
 
     def flush(self, *, reads: bool = True) -> None:
-        """Write everything queued now, and (``reads``) the reads counted so far; tests may call it too."""
+        """Write everything queued now, first reads included, and (``reads``) close the reads' window; tests may
+        call it too."""
         if reads:
             self._close_reads()
+        else:
+            self._take_first_reads()
         while self._queue:
             batch: list[Event] = []
             while self._queue and len(batch) < 1000:
