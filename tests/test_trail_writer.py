@@ -149,3 +149,29 @@ def test_a_readers_first_read_is_written_at_once_and_the_rest_of_its_window_as_o
         store.close()
     assert (fleet["vm-a"].reads, fleet["vm-b"].reads) == (9, 1)  # every read counted once
     assert fleet["vm-a"].first_read_at < fleet["vm-a"].last_read_at
+
+
+@pytest.mark.sqlite
+def test_a_window_full_of_readers_is_closed_before_its_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a boot storm every read is a VM not yet seen; the window remembers each reader (to tell a further read
+    from a first), so a full one is closed at the writer's next turn: memory stays bounded, no read is lost."""
+    monkeypatch.setattr(audit_module, "FLUSH_SECONDS", 0.05)
+    monkeypatch.setattr(audit_module, "READS_SECONDS", 60.0)
+    monkeypatch.setattr(audit_module, "READS_WINDOW_MAX", 100)
+    store = SettingsStore(create_engine(f"sqlite:///{tmp_path / 'trail.db'}"))
+    store.ensure_schema()
+    trail = AuditLog(store.engine, max_age=timedelta(days=1), max_rows=10_000).start()
+    try:
+        for n in range(150):
+            for _ in range(2):  # a first read and a further one: the further waits for the window's close
+                trail.record_read(f"vm-{n}", "10.0.0.2", "per-vm")
+        deadline = time.monotonic() + 5.0
+        while trail.queue_depth and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert trail.queue_depth == 0  # closed long before READS_SECONDS
+        assert trail.dropped_total == 0
+    finally:
+        trail.stop()
+        store.close()
+    reads = [event for event in query_events(store.engine, limit=10_000) if event.action == "read"]
+    assert sum(event.count for event in reads) == 300
