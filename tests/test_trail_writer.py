@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import os
 import statistics
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -175,3 +177,24 @@ def test_a_window_full_of_readers_is_closed_before_its_time(tmp_path: Path, monk
         store.close()
     reads = [event for event in query_events(store.engine, limit=10_000) if event.action == "read"]
     assert sum(event.count for event in reads) == 300
+
+
+@pytest.mark.sqlite
+def test_the_writer_runs_below_the_serving_threads_cpu_priority(tmp_path: Path) -> None:
+    """When the cores are saturated the reads come first; the trail catches up after (a thread's own nice value:
+    Linux, as everywhere this suite runs)."""
+    store = SettingsStore(create_engine(f"sqlite:///{tmp_path / 'trail.db'}"))
+    store.ensure_schema()
+    trail = AuditLog(store.engine, max_age=timedelta(days=1), max_rows=10_000).start()
+    try:
+        writer = trail._thread.native_id
+        assert writer is not None
+        deadline = time.monotonic() + 5.0
+        while os.getpriority(os.PRIO_PROCESS, writer) == os.getpriority(os.PRIO_PROCESS, 0):
+            assert time.monotonic() < deadline, "the writer kept the serving thread's priority"
+            time.sleep(0.01)
+        serving = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        assert os.getpriority(os.PRIO_PROCESS, writer) == min(19, serving + audit_module.WRITER_NICENESS)
+    finally:
+        trail.stop()
+        store.close()

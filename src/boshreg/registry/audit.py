@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import logging
 import operator
+import os
+import sys
 import threading
 import time
 from collections import deque
@@ -53,6 +55,7 @@ READS_WINDOW_MAX = 20_000
 REFUSED_STATUSES = frozenset({401, 403, 429})
 PRUNE_SECONDS = 60.0
 QUEUE_MAX = 100_000
+WRITER_NICENESS = 10  # the writer thread's CPU priority below the serving thread's (Linux: nice +10)
 FLEET_ATTEMPTS = 4  # a fleet update that meets another writer's lock is tried this many times
 EVENTS_DEFAULT = 100  # one page of GET /instances/<id>/events
 EVENTS_MAX = 1000
@@ -359,6 +362,7 @@ class AuditLog:
             log.warning("audit trail not pruned: %s", type(exc).__name__)
 
     def _run(self) -> None:
+        _yield_cpu_to_serving()
         # Reads are closed by the clock (or a full window), not by turns of this loop: a turn that writes a
         # window's reads can take seconds under load, and counting turns then added idle turns before a close.
         reads_closed = pruned = time.monotonic()
@@ -376,6 +380,23 @@ class AuditLog:
                 self.prune()
         self._close_window(time.monotonic(), force=True)
         self.flush()
+
+
+def _yield_cpu_to_serving() -> None:
+    """Lower the calling thread's CPU priority (Linux, where each thread has its own nice value).
+
+    Why: the trail's writing is CPU (SQLite's page writes through the kernel: ~130 us a distinct read on a slow
+    VM) on the cores that serve the reads. When they are saturated, a boot storm, the reads come first and the
+    trail catches up after; its queue's bound and logged drops are as before. Cold SQLite reads side by side:
+    6,157-6,753 req/s, p99 95-96 ms, against 5,122-5,302, p99 141-143 ms at the same priority.
+    """
+    if sys.platform != "linux":
+        return  # elsewhere PRIO_PROCESS with a thread's id is not that thread
+    thread = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + WRITER_NICENESS))
+    except OSError as exc:  # a sandbox that forbids it: the writer runs as it always did
+        log.info("audit trail writer keeps its CPU priority: %s", exc)
 
 
 def _copy_events(conn: Connection, batch: list[Event]) -> None:
