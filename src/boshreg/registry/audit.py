@@ -387,8 +387,8 @@ def _yield_cpu_to_serving() -> None:
 
     Why: the trail's writing is CPU (SQLite's page writes through the kernel: ~130 us a distinct read on a slow
     VM) on the cores that serve the reads. When they are saturated, a boot storm, the reads come first and the
-    trail catches up after; its queue's bound and logged drops are as before. Cold SQLite reads side by side:
-    6,157-6,753 req/s, p99 95-96 ms, against 5,122-5,302, p99 141-143 ms at the same priority.
+    trail catches up after; its queue's bound and logged drops are as before. Cold SQLite reads, six pairs side
+    by side: 6,349-7,475 req/s (p99 median ~94 ms) against 4,521-5,743 (~147 ms) at the same priority.
     """
     if sys.platform != "linux":
         return  # elsewhere PRIO_PROCESS with a thread's id is not that thread
