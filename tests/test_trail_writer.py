@@ -162,11 +162,12 @@ def test_a_window_full_of_readers_is_closed_before_its_time(tmp_path: Path, monk
     monkeypatch.setattr(audit_module, "READS_WINDOW_MAX", 100)
     store = SettingsStore(create_engine(f"sqlite:///{tmp_path / 'trail.db'}"))
     store.ensure_schema()
-    trail = AuditLog(store.engine, max_age=timedelta(days=1), max_rows=10_000).start()
+    trail = AuditLog(store.engine, max_age=timedelta(days=1), max_rows=10_000)
+    for n in range(150):  # all before the writer's first turn: one window, whatever the machine's pace
+        for _ in range(2):  # a first read and a further one: the further waits for the window's close
+            trail.record_read(f"vm-{n}", "10.0.0.2", "per-vm")
+    trail.start()
     try:
-        for n in range(150):
-            for _ in range(2):  # a first read and a further one: the further waits for the window's close
-                trail.record_read(f"vm-{n}", "10.0.0.2", "per-vm")
         deadline = time.monotonic() + 5.0
         while trail.queue_depth and time.monotonic() < deadline:
             time.sleep(0.05)
