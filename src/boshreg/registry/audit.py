@@ -210,12 +210,8 @@ class AuditLog:
         """Move the readers' first reads of this window to the queue, one event each."""
         with self._reads_lock:
             firsts, self._first_reads = self._first_reads, []
-        stamp = datetime.fromtimestamp
         for instance_id, client, credential, first in firsts:
-            at = stamp(first, UTC)
-            self._enqueue(
-                Event(at, "read", escape_id(instance_id)[:255], client[:64], credential, 200, "ok", last_at=at)
-            )
+            self._enqueue(_read_event(instance_id, client, credential, first, 1, first))
 
     def _close_reads(self) -> None:
         """Close the reads' window: first reads to the queue, then one event per reader with further reads."""
@@ -223,14 +219,9 @@ class AuditLog:
         with self._reads_lock:
             reads, self._reads = self._reads, {}
             self._further_reads = 0
-        stamp = datetime.fromtimestamp
         for (instance_id, client, credential), (first, count, last) in reads.items():
-            if not count:
-                continue  # one read, written as the first
-            at = stamp(first, UTC)
-            last_at = at if last == first else stamp(last, UTC)
-            stored_id = escape_id(instance_id)[:255]
-            self._enqueue(Event(at, "read", stored_id, client[:64], credential, 200, "ok", int(count), last_at=last_at))
+            if count:  # a reader with one read was written as its first
+                self._enqueue(_read_event(instance_id, client, credential, first, int(count), last))
 
     @property
     def queue_depth(self) -> int:
@@ -380,6 +371,14 @@ class AuditLog:
                 self.prune()
         self._close_window(time.monotonic(), force=True)
         self.flush()
+
+
+def _read_event(instance_id: str, client: str, credential: str, first: float, count: int, last: float) -> Event:
+    """Successful reads as a trail event: ``first`` and ``last`` (``time.time()`` values, kept so by the loop) made
+    datetimes here, in the writer's thread; the id and address stored as every event stores them."""
+    at = datetime.fromtimestamp(first, UTC)
+    last_at = at if last == first else datetime.fromtimestamp(last, UTC)
+    return Event(at, "read", escape_id(instance_id)[:255], client[:64], credential, 200, "ok", count, last_at=last_at)
 
 
 def _yield_cpu_to_serving() -> None:
