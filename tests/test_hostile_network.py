@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import math
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,7 +17,15 @@ from sqlalchemy import create_engine, insert, select, text
 from sqlalchemy.engine import URL
 
 from boshreg.bootstrap.credentials import instance_token
-from boshreg.registry.audit import REFUSALS_WINDOW, AuditLog, Event, escape_id, printable, query_events
+from boshreg.registry.audit import (
+    BATCH_EVENTS,
+    REFUSALS_WINDOW,
+    AuditLog,
+    Event,
+    escape_id,
+    printable,
+    query_events,
+)
 from boshreg.registry.auth import Authenticator, Caller
 from boshreg.registry.config import AdminSecret, DbConfig
 from boshreg.registry.engine import build_engine
@@ -74,6 +83,33 @@ def test_one_event_the_database_refuses_is_dropped_alone(server_database_url: UR
     store.close()
     # PostgreSQL refuses a NUL in text; MariaDB stores it. Either way the good events are all there.
     assert [i for i in stored if i.startswith("vm-")] == ["vm-0", "vm-1", "vm-2"]
+
+
+def test_a_refused_event_in_a_full_batch_is_found_in_few_transactions(
+    server_database_url: URL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One by one, a refused event cost its batch 1,000 transactions (a disk flush each): the trail stalled."""
+    store = SettingsStore(create_engine(server_database_url))
+    store.ensure_schema()
+    audit = AuditLog(store.engine, max_age=timedelta(days=1), max_rows=10_000)
+    writes: list[int] = []
+    write = audit._write
+
+    def counted(batch: list[Event]) -> None:
+        writes.append(len(batch))
+        write(batch)
+
+    monkeypatch.setattr(audit, "_write", counted)
+    now = datetime.now(UTC)
+    good = [Event(now, "write", f"vm-{n}", "10.0.0.1", "admin", 200, "ok") for n in range(BATCH_EVENTS - 1)]
+    poison = Event(now, "read", "x\x00", "10.0.0.1", "anonymous", 401, "access_denied")  # not escaped on purpose
+    for event in (*good[:700], poison, *good[700:]):
+        audit._enqueue(event)
+    audit.flush()
+    stored = [event.instance_id for event in query_events(store.engine, limit=BATCH_EVENTS)]
+    store.close()
+    assert sum(i.startswith("vm-") for i in stored) == BATCH_EVENTS - 1
+    assert len(writes) <= 2 * math.ceil(math.log2(BATCH_EVENTS)) + 1, writes  # PostgreSQL refuses; MariaDB: 1
 
 
 def test_events_wait_in_memory_while_the_database_is_away_and_none_is_lost(server_database_url: URL) -> None:
