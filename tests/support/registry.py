@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import ssl
 import subprocess
 import sys
@@ -14,13 +13,9 @@ from typing import Any
 import httpx
 import yaml
 
+from boshreg.testcloud.ports import free_port as free_port  # the tests' free port is the test cloud's
+
 STARTUP_SECONDS = 30
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RegistryProcess:

@@ -28,6 +28,7 @@ from boshreg.bootstrap.endpoint import Endpoint
 from boshreg.cpi.delivery import Delivery, render
 from boshreg.testcloud.configdrive import drive_files, write_iso
 from boshreg.testcloud.metadata import MetadataServer
+from boshreg.testcloud.ports import free_port
 from boshreg.testcloud.vms import TestCloudError, TestVm, default_meta_data
 
 REGISTRY_START_SECONDS = 30
@@ -193,7 +194,7 @@ def running_registry(work_dir: Path, say: Callable[[str], None], *, kept: bool =
 
     ``kept``: ``work_dir`` stays after the run, so its paths are worth printing.
     """
-    port = _free_port()
+    port = free_port()
     data_dir = work_dir / "registry"
     try:
         work_dir.mkdir(parents=True, exist_ok=True)
@@ -244,9 +245,3 @@ def _wait_until_up(process: subprocess.Popen[bytes], port: int, log: Path) -> No
                 return
         time.sleep(0.05)
     raise TestCloudError(f"the registry did not listen within {REGISTRY_START_SECONDS} s; see {log}")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

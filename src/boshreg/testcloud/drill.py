@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-import socket
 import subprocess
 import sys
 import threading
@@ -46,6 +45,7 @@ from boshreg.testcloud.configdrive import drive_files, write_iso
 from boshreg.testcloud.metadata import MetadataFaults, MetadataServer
 from boshreg.testcloud.netlab import DEFAULT_SUBNET, LabVm, NetLab, network_lab
 from boshreg.testcloud.openstack import FakeServer, OpenStackStandIn
+from boshreg.testcloud.ports import free_port
 from boshreg.testcloud.vms import TestCloudError, TestVm, default_meta_data
 from boshreg.why import diagnose, registry_side_from_database, vm_side_from_trace_document
 
@@ -402,7 +402,7 @@ class BridgeRegistry:
     """A real ``boshreg serve`` on the bridge's host address, that can be stopped and started again."""
 
     def __init__(self, lab: NetLab, cloud: OpenStackStandIn, work_dir: Path, mode: str) -> None:
-        port = _free_port(lab.registry_address)
+        port = free_port(lab.registry_address)
         password = secrets.token_urlsafe(18)
         self.secret = generate_secret() if mode == PER_VM else None
         http: dict[str, Any] = {
@@ -473,9 +473,3 @@ def _wait_until_up(process: subprocess.Popen[bytes], url: str, log: Path) -> Non
             pass
         time.sleep(0.1)
     raise TestCloudError(f"the registry did not answer within {REGISTRY_START_SECONDS} s; see {log}")
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
