@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from sqlalchemy.engine import URL, make_url
 
 from boshreg.bootstrap.credentials import instance_token
 from boshreg.registry.tables import metadata, registry_fleet, registry_instances
+from boshreg.testcloud.ports import free_port
 from boshreg.testcloud.storm import storm
 
 HERE = Path(__file__).resolve().parent
@@ -83,12 +83,6 @@ def settings_document(n: int) -> str:
     text_ = json.dumps(document)
     document["env"] = {"bosh": {"password": "*", "keep_root_password": False, "pad": "e" * (4096 - len(text_) - 80)}}
     return json.dumps(document)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def load(url: URL, count: int) -> None:
