@@ -86,12 +86,17 @@ class RegistryClient:
 
     def events(self, instance_id: str, limit: int = 100) -> list[dict[str, Any]]:
         """The instance's audit trail, newest first (admin credentials needed)."""
+        return self.stored_and_events(instance_id, limit)[1]
+
+    def stored_and_events(self, instance_id: str, limit: int = 100) -> tuple[bool | None, list[dict[str, Any]]]:
+        """Whether settings are stored (None from a registry that does not say), and the audit trail."""
         body = self._call("GET", instance_id, path=f"events?limit={limit}")
         events = body.get("events")
         if not isinstance(events, list):
             where = self.endpoint.settings_url(instance_id, redacted=True)
             raise RegistryClientError(f"unexpected answer from {where}: no events list in the body")
-        return [event for event in events if isinstance(event, dict)]
+        stored = body.get("stored")
+        return (stored if isinstance(stored, bool) else None), [event for event in events if isinstance(event, dict)]
 
     def fleet(self, agent_wait: float) -> list[dict[str, Any]]:
         """Every stored instance with its state (admin credentials needed); see ``registry.fleet``."""

@@ -289,14 +289,15 @@ def registry_side_from_endpoint(
     from boshreg.client import RegistryClient, RegistryClientError
 
     with RegistryClient(endpoint, timeout=timeout, cacert=cacert) as client:
-        try:
-            client.get_settings(instance)
-            stored = True
-        except RegistryClientError as exc:
-            if exc.status_code != 404:
-                raise
-            stored = False
-        raw_events = client.events(instance, limit=EVENTS_LOOKED_AT)
+        stored, raw_events = client.stored_and_events(instance, limit=EVENTS_LOOKED_AT)
+        if stored is None:  # an older registry: ask by reading (an admin read, in the trail after this answer)
+            try:
+                client.get_settings(instance)
+                stored = True
+            except RegistryClientError as exc:
+                if exc.status_code != 404:
+                    raise
+                stored = False
     return RegistrySide(instance, stored, tuple(_event(raw) for raw in raw_events), endpoint.redacted())
 
 

@@ -31,7 +31,7 @@ from starlette.staticfiles import StaticFiles
 from boshreg.bootstrap.credentials import credential_problem, instance_token
 from boshreg.bootstrap.registry_key import REGISTRY_KEY
 from boshreg.registry.access import Decision, decide
-from boshreg.registry.audit import EVENTS_DEFAULT, EVENTS_MAX, AuditLog, query_events
+from boshreg.registry.audit import EVENTS_DEFAULT, EVENTS_MAX, AuditLog, Event, query_events
 from boshreg.registry.auth import REALM, Authenticator, Caller, Identity, parse_basic
 from boshreg.registry.cache import (
     FOREIGN_EXPIRY_SECONDS,
@@ -416,15 +416,19 @@ class RegistryApi:
             return error(400, "error", f"limit must be a whole number from 1 to {EVENTS_MAX}")
         try:
             instance_id = check_instance_id(raw_id)
-            found = await self._run(
-                lambda: query_events(self.store.engine, instance_id=instance_id, limit=int(limit_text))
-            )
+            stored, found = await self._run(lambda: self._stored_and_events(instance_id, int(limit_text)))
         except PayloadError as exc:
             return error(400, "error", str(exc))
         except (StoreUnavailable, sa_exc.SQLAlchemyError) as exc:
             log.warning("events of %s: %s", raw_id[:64], type(exc).__name__)
             return error(503, "error", "the audit trail cannot be read now", **{"Retry-After": "1"})
-        return JSONResponse({"status": "ok", "events": [event.to_json() for event in found]})
+        return JSONResponse({"status": "ok", "stored": stored, "events": [event.to_json() for event in found]})
+
+    def _stored_and_events(self, instance_id: str, limit: int) -> tuple[bool, list[Event]]:
+        """Whether settings are stored, and the trail: ``why`` asks for both here, since reading the settings
+        would put a read of its own into the trail it diagnoses (an operator's read taken for the VM's)."""
+        stored = self.store.get(instance_id) is not None
+        return stored, query_events(self.store.engine, instance_id=instance_id, limit=limit)
 
     async def _settings(self, request: Request, raw_id: str, identity: Identity) -> Response:
         try:

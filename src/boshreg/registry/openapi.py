@@ -91,8 +91,9 @@ OPENAPI: dict[str, Any] = {
                                      "agent_wait": {"type": "number"},
                                      "instances": {"type": "array", "items": _FLEET_ENTRY}}},
             "AgentSettings": {"type": "object", "description": "The agent settings: any JSON object"},
-            "Events": {"type": "object", "required": ["status", "events"],
-                       "properties": {"status": {"const": "ok"}, "events": {"type": "array", "items": {
+            "Events": {"type": "object", "required": ["status", "stored", "events"],
+                       "properties": {"status": {"const": "ok"}, "stored": {"type": "boolean"},
+                                      "events": {"type": "array", "items": {
                            "type": "object",
                            "required": ["at", "action", "instance_id", "client", "credential", "status", "outcome"],
                            "properties": {"at": {"type": "string"}, "action": {"type": "string"},
