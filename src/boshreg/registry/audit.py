@@ -57,7 +57,7 @@ REFUSED_STATUSES = frozenset({401, 403, 429})
 # one of the fleet table, and a commit writes each once (to the WAL, then the database: ~6 system calls a page
 # on SQLite), so larger transactions share pages: 10,000 wrote a cold backlog with ~30% less CPU and drained it
 # in 10-12 s instead of 16-19. Not kept: during the load the writer then took more of the interpreter lock,
-# and cold reads fell ~10% (two pairs); README, "Measured".
+# and cold reads fell 8-15% (four pairs); README, "Measured".
 BATCH_EVENTS = 1000
 PRUNE_SECONDS = 60.0
 QUEUE_MAX = 100_000
@@ -324,7 +324,7 @@ class AuditLog:
         """A batch the database refused, written in halves until the events it refuses are alone, then dropped.
 
         Halves, not one by one: a transaction (and a disk flush) per event held the writer 1.6 s for a batch of
-        1,000 with one refused event (PostgreSQL, this machine), halves 0.13 s: ~2 log2(n) transactions."""
+        1,000 with one refused event (PostgreSQL on a 2-core VM), halves 0.13 s: ~2 log2(n) transactions."""
         for half in (batch[: len(batch) // 2], batch[len(batch) // 2 :]):
             if not half:
                 continue
