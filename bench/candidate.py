@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import uvicorn
@@ -30,9 +31,14 @@ def _serve_on_uvicorn(
     caps: ConnectionCaps,
     tls: ssl.SSLContext | None,
     metrics_dir: Path,
+    data_dir: Path | None,
+    *,
+    parent: bool = False,
+    on_stop: Callable[[], None] | None = None,
 ) -> None:
     del caps, tls, metrics_dir  # uvicorn has limits of its own, the bench serves plain HTTP and scrapes nothing
-    audit = server.open_audit(config, store)
+    del on_stop  # uvicorn passes nothing on to the other worker; the bench stops both with the parent
+    audit = server.open_audit(config, store, data_dir, write_pending=parent)
     api = RegistryApi(config, store, audit)
     uvicorn_config = uvicorn.Config(
         asgi_app(api), loop="asyncio", http="httptools", log_config=None, access_log=False, lifespan="off"

@@ -170,7 +170,7 @@ def serve_command(
     registry = open_registry(config_file, data_dir, data_dir_given=given, host=host, port=port)
     click.echo(banner(registry))
     sys.stdout.flush()
-    serve(registry.config, registry.store, registry.listening)
+    serve(registry.config, registry.store, registry.listening, registry.data_dir)
 
 
 cli.add_command(serve_command, "serve")

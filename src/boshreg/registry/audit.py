@@ -29,6 +29,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -37,6 +38,7 @@ from sqlalchemy import Connection, Engine, delete, func, insert, select
 from sqlalchemy import exc as sa_exc
 
 from boshreg.errors import BoshregError
+from boshreg.registry import audit_pending
 from boshreg.registry.driver_sql import driver_statement
 from boshreg.registry.fleet import apply_changes, changes_of
 from boshreg.registry.tables import registry_events
@@ -53,6 +55,11 @@ READS_SECONDS = REFUSALS_WINDOW
 # reader) stays bounded when every read is a VM not yet seen (a boot storm: 11,000 a second a worker).
 READS_WINDOW_MAX = 20_000
 REFUSED_STATUSES = frozenset({401, 403, 429})
+# At a stop, how long the writer may go on writing what is queued; the rest is saved for the next start
+# (audit_pending). With the front's 5 s of grace it keeps a stop within systemd's TimeoutStopSec (15 s).
+STOP_DRAIN_SECONDS = 5.0
+GIVE_UP_SECONDS = 2.0  # then how long the batch in hand may take before the rest is saved
+PENDING_FILES_A_TURN = 10  # files a stop left, written back per turn of the writer (a batch each)
 # Events per transaction at most. Each distinct VM's event dirties a page of the trail's per-instance index and
 # one of the fleet table, and a commit writes each once (to the WAL, then the database: ~6 system calls a page
 # on SQLite), so larger transactions share pages: 10,000 wrote a cold backlog with ~30% less CPU and drained it
@@ -97,6 +104,32 @@ class Event:
         """The row's values in ``registry_events``' column order (the INSERT's and the COPY's)."""
         return _column_values(self)
 
+    def to_pending(self) -> dict[str, Any]:
+        """Every field, JSON-ready, for a file of events waiting for the next start (``audit_pending``)."""
+        return {
+            **self.row(),
+            "at": self.at.isoformat(),
+            "size": self.size,
+            "last_at": self.last_at.isoformat() if self.last_at is not None else None,
+        }
+
+    @classmethod
+    def from_pending(cls, row: dict[str, Any]) -> Event:
+        """``to_pending``'s inverse; raises KeyError, TypeError or ValueError for a row that is not one."""
+        last_at = row.get("last_at")
+        return cls(
+            _aware(datetime.fromisoformat(str(row["at"]))),
+            str(row["action"]),
+            str(row["instance_id"]),
+            str(row["client"]),
+            str(row["credential"]),
+            int(row["status"]),
+            str(row["outcome"]),
+            int(row.get("count") or 1),
+            size=None if row.get("size") is None else int(row["size"]),
+            last_at=_aware(datetime.fromisoformat(str(last_at))) if last_at else None,
+        )
+
     def to_text(self) -> str:
         """One line, safe for a terminal: every control character shown escaped."""
         times = f" x{self.count}" if self.count > 1 else ""
@@ -131,7 +164,11 @@ class AuditLog:
         max_age: timedelta,
         max_rows: int,
         writer: AbstractContextManager[object] | None = None,
+        pending_dir: Path | None = None,
+        write_pending: bool = False,
     ) -> None:
+        """``pending_dir``: where a stop saves what it could not write; ``write_pending``: this process writes
+        back what earlier stops saved there (one process of a registry does, so no file is written twice)."""
         self.engine = engine
         self._writer = writer or nullcontext()  # the store's queue for writers, where its database has one
         self.max_age = max_age
@@ -151,6 +188,9 @@ class AuditLog:
         self._fleet_failures = 0
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        self._giving_up = threading.Event()  # the stop's drain time is over: no new batch
+        self._pending_dir = pending_dir
+        self._pending: list[Path] = audit_pending.pending(pending_dir) if pending_dir and write_pending else []
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._last_prune = 0.0
 
@@ -235,7 +275,9 @@ class AuditLog:
         return len(self._queue) + len(self._first_reads) + self._further_reads
 
     def _enqueue(self, event: Event) -> None:
-        if len(self._queue) >= QUEUE_MAX:
+        # The bound keeps memory in check while the database is away; at a stop the windows' reads come in on
+        # top of a full queue, and what is not written then is saved to disk, so nothing is dropped for it.
+        if len(self._queue) >= QUEUE_MAX and not self._stopping.is_set():
             self._queue.popleft()
             self._dropped += 1
             self.dropped_total += 1
@@ -251,11 +293,70 @@ class AuditLog:
             if event.count:  # the window's further refusals, as one event with their count
                 self._enqueue(event)
 
-    def stop(self) -> None:
-        """Write what is queued, then stop the writer."""
+    def stop(self, drain_seconds: float = STOP_DRAIN_SECONDS) -> None:
+        """Write what is queued for up to ``drain_seconds``, then stop the writer; what is left (a backlog
+        larger than a stop's deadline allows, or a database that is away) is saved for the next start."""
         self._stopping.set()
         self._wake.set()
-        self._thread.join(timeout=10)
+        self._thread.join(timeout=drain_seconds)
+        if self._thread.is_alive():
+            self._giving_up.set()  # the batch in hand is finished (or fails), no other is begun
+            self._thread.join(timeout=GIVE_UP_SECONDS)
+        self._save_the_rest()
+
+    def _save_the_rest(self) -> None:
+        """What the writer left in the queue, saved to ``pending_dir``; said in the log either way."""
+        self._close_window(time.monotonic(), force=True)
+        self._close_reads()
+        rest = [self._queue.popleft() for _ in range(len(self._queue))]
+        if not rest:
+            return
+        if self._pending_dir is None:
+            self.dropped_total += len(rest)
+            log.error("audit trail: %d events not written before the stop, and lost (no data directory)", len(rest))
+            return
+        try:
+            audit_pending.save(self._pending_dir, [event.to_pending() for event in rest], BATCH_EVENTS)
+        except OSError as exc:
+            self.dropped_total += len(rest)
+            log.error(
+                "audit trail: %d events not written before the stop, and lost: cannot save them in %s (%s); "
+                "make that directory writable for the registry's user",
+                len(rest),
+                self._pending_dir,
+                exc.strerror or exc,
+            )
+            return
+        log.warning(
+            "audit trail: %d events not written before the stop; saved in %s, written at the next start",
+            len(rest),
+            self._pending_dir,
+        )
+
+    def write_pending(self) -> None:
+        """Write back a few of the files earlier stops saved, oldest first; each is deleted once written. A
+        database that is away leaves them for a later turn."""
+        for _ in range(min(len(self._pending), PENDING_FILES_A_TURN)):
+            path = self._pending[0]
+            try:
+                rows, damaged = audit_pending.load(path)
+                events = [Event.from_pending(row) for row in rows]
+            except (OSError, KeyError, TypeError, ValueError) as exc:
+                log.error("audit trail: cannot read %s (%s); left it there", path, exc)
+                self._pending.pop(0)
+                continue
+            if damaged:
+                log.error("audit trail: %d damaged lines in %s, skipped", damaged, path)
+            try:
+                self._write(events)
+            except (sa_exc.OperationalError, sa_exc.InterfaceError):
+                return  # the database is away: the next turn tries again
+            except sa_exc.SQLAlchemyError:
+                self._write_isolating(events)
+            path.unlink(missing_ok=True)
+            self._pending.pop(0)
+            if not self._pending:
+                log.info("audit trail: the events earlier stops saved are written")
 
     def flush(self, *, reads: bool = True) -> None:
         """Write everything queued now, first reads included, and (``reads``) close the reads' window; tests may
@@ -264,7 +365,7 @@ class AuditLog:
             self._close_reads()
         else:
             self._take_first_reads()
-        while self._queue:
+        while self._queue and not self._giving_up.is_set():
             batch: list[Event] = []
             while self._queue and len(batch) < BATCH_EVENTS:
                 batch.append(self._queue.popleft())
@@ -380,6 +481,8 @@ class AuditLog:
             reads_due = now - reads_closed >= READS_SECONDS or len(self._reads) >= READS_WINDOW_MAX
             if reads_due:
                 reads_closed = now
+            if self._pending:  # before this turn's events, so that most of the trail stays in order
+                self.write_pending()
             self.flush(reads=reads_due)
             if now - pruned >= PRUNE_SECONDS:
                 pruned = now

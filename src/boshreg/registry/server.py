@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import gc
 import ipaddress
 import logging
@@ -32,6 +33,7 @@ import uvloop
 from boshreg.errors import BoshregError
 from boshreg.registry.app import RegistryApi, asgi_app
 from boshreg.registry.audit import AuditLog
+from boshreg.registry.audit_pending import PENDING_DIR
 from boshreg.registry.config import RegistryConfig
 from boshreg.registry.connections import (
     LISTEN_BACKLOG,
@@ -171,13 +173,18 @@ def warn_if_shared(database: Path) -> None:
             )  # fmt: skip
 
 
-def open_audit(config: RegistryConfig, store: SettingsStore) -> AuditLog:
-    """The audit trail, in the store's database, with its writer thread running."""
+def open_audit(
+    config: RegistryConfig, store: SettingsStore, data_dir: Path | None = None, *, write_pending: bool = False
+) -> AuditLog:
+    """The audit trail, in the store's database, with its writer thread running; what a stop cannot write in
+    time waits in ``data_dir`` for the next start, which the process given ``write_pending`` writes back."""
     return AuditLog(
         store.engine,
         max_age=timedelta(hours=config.audit.max_age_hours),
         max_rows=config.audit.max_rows,
         writer=store.writer,
+        pending_dir=data_dir / PENDING_DIR if data_dir is not None else None,
+        write_pending=write_pending,
     ).start()
 
 
@@ -186,13 +193,15 @@ def worker_count(config: RegistryConfig) -> int:
     return config.http.workers or os.cpu_count() or 1
 
 
-def serve(config: RegistryConfig, store: SettingsStore, listening: Listening) -> None:
+def serve(config: RegistryConfig, store: SettingsStore, listening: Listening, data_dir: Path | None = None) -> None:
     """Serve with http.workers processes on the one bound socket until SIGINT or SIGTERM.
 
     The pool is emptied before forking, so no database connection is shared between processes; each
     process then opens its own connections and runs its own audit writer. Workers die with the parent,
-    even when it is killed outright, so none is left holding the port. On SIGTERM each process stops
-    accepting, lets the requests in flight finish (5 s at most) and writes its audit trail.
+    even when it is killed outright, so none is left holding the port. On SIGTERM (the parent passes it on
+    to the workers at once) each process stops accepting, lets the requests in flight finish (5 s at most)
+    and writes its audit trail for up to 5 s more; what is left waits in ``data_dir`` for the next start,
+    whose parent process writes it.
     """
     store.close()
     caps = ConnectionCaps.for_limit(
@@ -207,10 +216,11 @@ def serve(config: RegistryConfig, store: SettingsStore, listening: Listening) ->
         for _ in range(worker_count(config) - 1):
             pid = os.fork()
             if pid == 0:
-                os._exit(_worker(config, store, listening, caps, tls, parent, metrics_dir))
+                os._exit(_worker(config, store, listening, caps, tls, parent, metrics_dir, data_dir))
             children.append(pid)
         try:
-            _serve_process(config, store, listening, caps, tls, metrics_dir)
+            pass_on = functools.partial(_signal, children)
+            _serve_process(config, store, listening, caps, tls, metrics_dir, data_dir, parent=True, on_stop=pass_on)
         finally:
             _stop(children)
             listening.sock.close()
@@ -238,10 +248,11 @@ def _worker(
     tls: ssl.SSLContext | None,
     parent: int,
     metrics_dir: Path,
+    data_dir: Path | None,
 ) -> int:
     _die_with(parent)
     try:
-        _serve_process(config, store, own_socket(listening), caps, tls, metrics_dir)
+        _serve_process(config, store, own_socket(listening), caps, tls, metrics_dir, data_dir)
     except Exception:
         log.exception("worker %d failed", os.getpid())
         return 1
@@ -256,10 +267,15 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
-def _stop(children: list[int], timeout: float = 10.0) -> None:
+def _signal(children: list[int]) -> None:
+    """SIGTERM to the workers: they stop (and write their trails) while the parent does, not after it."""
     for pid in children:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
+
+
+def _stop(children: list[int], timeout: float = 10.0) -> None:
+    _signal(children)
     deadline = time.monotonic() + timeout
     waiting = set(children)
     while waiting and time.monotonic() < deadline:
@@ -306,9 +322,14 @@ def _serve_process(
     caps: ConnectionCaps,
     tls: ssl.SSLContext | None,
     metrics_dir: Path,
+    data_dir: Path | None,
+    *,
+    parent: bool = False,
+    on_stop: Callable[[], None] | None = None,
 ) -> None:
-    """One process's server: its app, cache, audit writer, metrics and pool, on the shared socket."""
-    audit = open_audit(config, store)
+    """One process's server: its app, cache, audit writer, metrics and pool, on the shared socket. The parent
+    writes back the audit events earlier stops saved, and calls ``on_stop`` when it is told to stop."""
+    audit = open_audit(config, store, data_dir, write_pending=parent)
     metrics = ProcessMetrics(metrics_dir).start()
     api = RegistryApi(config, store, audit, metrics)
     front = Front(
@@ -325,8 +346,14 @@ def _serve_process(
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(_rate_limited_loop_errors())
         stop = asyncio.Event()
+
+        def stopping() -> None:
+            stop.set()
+            if on_stop is not None:
+                on_stop()
+
         for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
+            loop.add_signal_handler(signum, stopping)
         try:
             await front.serve(listening.sock, tls, stop, grace=GRACE_SECONDS)
         finally:
