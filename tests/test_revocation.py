@@ -3,6 +3,9 @@ every worker process and replica, and a VM re-created under the same key gets a 
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import time
 from pathlib import Path
@@ -29,6 +32,17 @@ NOTIFY_BOUND = 0.1  # PostgreSQL: a write reaches every worker's cache within th
 def test_generation_zero_is_the_credential_issued_before_generations_existed() -> None:
     assert token_generation(SECRET, "vm-1", instance_token(SECRET, "vm-1")) == 0
     assert "." not in instance_token(SECRET, "vm-1")
+
+
+@pytest.mark.parametrize("secret", [SECRET, "", "k" * 64, "long-" * 30, "ünïcode-secret"])
+@pytest.mark.parametrize("generation", [0, 1, 12])
+def test_the_token_is_hmac_sha256_of_the_key_as_the_cpi_side_computes_it(secret: str, generation: int) -> None:
+    """Tokens in user data rendered by any version must keep working: the same bytes as the standard's HMAC,
+    whatever the secret's length (keys longer than SHA-256's block are hashed first)."""
+    message = "vm-7" if generation == 0 else f"vm-7\0{generation}"
+    digest = hmac.new(secret.encode(), message.encode(), hashlib.sha256).digest()
+    expected = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    assert instance_token(secret, "vm-7", generation) == (expected if generation == 0 else f"{expected}.{generation}")
 
 
 def test_each_generation_has_its_own_password_that_names_it() -> None:
