@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import stat
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -13,7 +14,9 @@ import httpx
 import pytest
 from sqlalchemy import Engine, create_engine, func, select
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import OperationalError
 
+from boshreg.registry import audit as audit_module
 from boshreg.registry.audit import BATCH_EVENTS, AuditLog, Event
 from boshreg.registry.audit_pending import load, pending
 from boshreg.registry.store import SettingsStore
@@ -183,3 +186,34 @@ def test_a_registry_stopped_while_its_database_is_down_writes_its_trail_at_the_n
     finally:
         engine.dispose()
     assert stored.get(("read", 401), 0) + stored.get(("read", 429), 0) == 40  # every refusal, once
+
+
+@pytest.mark.sqlite
+def test_the_batch_a_hanging_database_holds_at_the_stop_is_saved_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A statement that does not return within the stop's time (a database that hangs) kept its batch in the
+    writer's hands, and the process ended with it."""
+    store = SettingsStore(create_engine(f"sqlite:///{tmp_path / 'trail.db'}"))
+    store.ensure_schema()
+    directory = tmp_path / "audit-pending"
+    trail = _trail(store.engine, directory)
+    writing, release = threading.Event(), threading.Event()
+
+    def hanging_write(batch: list[Event]) -> None:
+        writing.set()
+        release.wait(10)
+        raise OperationalError("INSERT", {}, Exception("the database went away"))
+
+    monkeypatch.setattr(trail, "_write", hanging_write)
+    monkeypatch.setattr(audit_module, "GIVE_UP_SECONDS", 0.2)
+    trail.start()
+    try:
+        for n in range(30):
+            trail.record_read(f"vm-{n}", "10.0.0.2", "per-vm")
+        assert writing.wait(5), "the writer did not take the batch"
+        trail.stop(drain_seconds=0.2)
+        assert _saved_counts(directory) == {("read", 200): 30}
+    finally:
+        release.set()
+        store.close()

@@ -189,6 +189,7 @@ class AuditLog:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._giving_up = threading.Event()  # the stop's drain time is over: no new batch
+        self._in_hand: list[Event] = []  # the batch the writer is writing
         self._pending_dir = pending_dir
         self._pending: list[Path] = audit_pending.pending(pending_dir) if pending_dir and write_pending else []
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
@@ -308,7 +309,10 @@ class AuditLog:
         """What the writer left in the queue, saved to ``pending_dir``; said in the log either way."""
         self._close_window(time.monotonic(), force=True)
         self._close_reads()
-        rest = [self._queue.popleft() for _ in range(len(self._queue))]
+        # A writer still in a statement (a database that hangs past the stop's time) holds a batch that may never
+        # commit: saved too. Should it commit before the process ends, those events are in the trail twice.
+        in_hand = list(self._in_hand) if self._thread.is_alive() else []
+        rest = in_hand + [self._queue.popleft() for _ in range(len(self._queue))]
         if not rest:
             return
         if self._pending_dir is None:
@@ -369,6 +373,7 @@ class AuditLog:
             batch: list[Event] = []
             while self._queue and len(batch) < BATCH_EVENTS:
                 batch.append(self._queue.popleft())
+            self._in_hand = batch
             try:
                 self._write(batch)
             except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:  # the database is away: keep them
@@ -380,6 +385,8 @@ class AuditLog:
             except Exception:  # a fault of ours: the writer must live on, and say what it lost
                 self.dropped_total += len(batch)
                 log.exception("audit trail: %d events not written", len(batch))
+            finally:
+                self._in_hand = []
         if self._dropped:
             log.warning("audit trail dropped %d events while the database was unavailable", self._dropped)
             self._dropped = 0
