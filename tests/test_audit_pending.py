@@ -217,3 +217,35 @@ def test_the_batch_a_hanging_database_holds_at_the_stop_is_saved_too(
     finally:
         release.set()
         store.close()
+
+
+@pytest.mark.sqlite
+def test_a_fault_of_ours_while_writing_back_keeps_the_file_and_the_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The writer thread is the trail's only one: an exception that is not the database's must not end it."""
+    store = SettingsStore(create_engine(f"sqlite:///{tmp_path / 'trail.db'}"))
+    store.ensure_schema()
+    directory = tmp_path / "audit-pending"
+    saving = _trail(store.engine, directory)
+    try:
+        saving.record_read("vm-1", "10.0.0.2", "per-vm")
+        saving._save_the_rest()
+        (saved,) = pending(directory)
+        trail = _trail(store.engine, directory, write_pending=True)
+        write = trail._write
+
+        def broken_once(batch: list[Event]) -> None:
+            monkeypatch.setattr(trail, "_write", write)
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(trail, "_write", broken_once)
+        with caplog.at_level(logging.ERROR, logger="boshreg.registry.audit"):
+            trail.write_pending()
+        assert pending(directory) == [saved]  # kept for the next start
+        assert f"cannot write back {saved}" in caplog.text
+        trail.record_read("vm-2", "10.0.0.2", "per-vm")
+        trail.flush()
+        assert _stored_counts(store.engine) == {("read", 200): 1}  # the writer goes on with the live events
+    finally:
+        store.close()

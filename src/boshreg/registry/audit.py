@@ -357,6 +357,10 @@ class AuditLog:
                 return  # the database is away: the next turn tries again
             except sa_exc.SQLAlchemyError:
                 self._write_isolating(events)
+            except Exception:  # a fault of ours: the writer must live on; the file stays for the next start
+                log.exception("audit trail: cannot write back %s; left it there", path)
+                self._pending.pop(0)
+                continue
             path.unlink(missing_ok=True)
             self._pending.pop(0)
             if not self._pending:
