@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -114,18 +114,27 @@ class Event:
         }
 
     @classmethod
-    def from_pending(cls, row: dict[str, Any]) -> Event:
-        """``to_pending``'s inverse; raises KeyError, TypeError or ValueError for a row that is not one."""
-        last_at = row.get("last_at")
+    def from_row(cls, row: Mapping[Any, Any]) -> Event:
+        """An event from a ``registry_events`` row, or from a saved one's fields (``from_pending``): the types
+        made sure of, as a saved file can be damaged; raises KeyError, TypeError or ValueError if they are not."""
         return cls(
-            _aware(datetime.fromisoformat(str(row["at"]))),
+            _aware(row["at"]),
             str(row["action"]),
             str(row["instance_id"]),
             str(row["client"]),
             str(row["credential"]),
             int(row["status"]),
             str(row["outcome"]),
-            int(row.get("count") or 1),
+            int(row["count"] or 1),
+        )
+
+    @classmethod
+    def from_pending(cls, row: dict[str, Any]) -> Event:
+        """``to_pending``'s inverse; raises KeyError, TypeError or ValueError for a row that is not one."""
+        event = cls.from_row({**row, "at": datetime.fromisoformat(str(row["at"]))})
+        last_at = row.get("last_at")
+        return replace(
+            event,
             size=None if row.get("size") is None else int(row["size"]),
             last_at=_aware(datetime.fromisoformat(str(last_at))) if last_at else None,
         )
@@ -558,19 +567,7 @@ def query_events(
         statement = statement.where(registry_events.c.at >= since)
     with engine.connect() as conn:
         rows = conn.execute(statement).mappings().all()
-    return [
-        Event(
-            _aware(row["at"]),
-            row["action"],
-            row["instance_id"],
-            row["client"],
-            row["credential"],
-            row["status"],
-            row["outcome"],
-            row["count"] or 1,
-        )
-        for row in rows
-    ]
+    return [Event.from_row(row) for row in rows]
 
 
 def _aware(value: datetime) -> datetime:
