@@ -174,10 +174,8 @@ def credentials(workdir: Path, count: int) -> Path:
     return path
 
 
-@contextmanager
-def registry(workdir: Path, url: URL, stack: str = "front", **http: Any) -> Iterator[tuple[str, int]]:
-    """``boshreg serve`` with every feature on: access log (to a file), audit trail, throttle, per-VM credentials."""
-    port = free_port()
+def registry_config(workdir: Path, url: URL, port: int, **http: Any) -> Path:
+    """A registry config with every feature on: access log (to a file), audit trail, throttle, per-VM credentials."""
     config = workdir / f"registry-{port}.yml"
     config.write_text(
         yaml.safe_dump(
@@ -197,6 +195,14 @@ def registry(workdir: Path, url: URL, stack: str = "front", **http: Any) -> Iter
             }
         )
     )
+    return config
+
+
+@contextmanager
+def registry(workdir: Path, url: URL, stack: str = "front", **http: Any) -> Iterator[tuple[str, int]]:
+    """``boshreg serve`` on ``registry_config``."""
+    port = free_port()
+    config = registry_config(workdir, url, port, **http)
     command = [sys.executable, str(HERE / "candidate.py"), stack, "serve", "--config", str(config)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"

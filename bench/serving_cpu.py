@@ -18,7 +18,6 @@ import asyncio
 import base64
 import json
 import random
-import secrets
 import sys
 import tempfile
 import time
@@ -26,8 +25,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import uvloop
-import yaml
-from run import HOT, STORED, load
+from run import HOT, INSTANCE_SECRET, STORED, load, registry_config
 from sqlalchemy.engine import URL
 
 from boshreg.bootstrap.credentials import instance_token
@@ -67,41 +65,31 @@ class CountingTransport:
     def abort(self) -> None: ...
 
 
-def request(secret: str, n: int) -> bytes:
+def request(n: int) -> bytes:
+    """VM n's read, with its own credential."""
     user = f"vm-{n}"
-    auth = base64.b64encode(f"{user}:{instance_token(secret, user)}".encode()).decode()
+    auth = base64.b64encode(f"{user}:{instance_token(INSTANCE_SECRET, user)}".encode()).decode()
     return f"GET /instances/{user}/settings HTTP/1.1\r\nHost: registry\r\nAuthorization: Basic {auth}\r\n\r\n".encode()
 
 
-def measure(database: Path, secret: str, stored: int, hot: int, *, cold: bool) -> dict[str, float]:
+def measure(database: Path, stored: int, hot: int, *, cold: bool) -> dict[str, float]:
     """µs of the serving thread's CPU per read: ``cold`` each of ``READS`` VMs once, cache off; else ``READS``
-    reads among ``hot`` VMs, cache on. Every feature on, as in the wrk runs."""
+    reads among ``hot`` VMs, cache on. Every feature on, as in the wrk runs (``run.registry_config``)."""
     with tempfile.TemporaryDirectory(prefix="boshreg-serving-cpu-") as temporary:
-        return _measure(Path(temporary), database, secret, stored, hot, cold=cold)
+        return _measure(Path(temporary), database, stored, hot, cold=cold)
 
 
-def _measure(workdir: Path, database: Path, secret: str, stored: int, hot: int, *, cold: bool) -> dict[str, float]:
-    config_file = workdir / "registry.yml"
-    http = {"host": "127.0.0.1", "port": 25777, "user": "admin", "password": "bench", "instance_secret": secret}
-    config_file.write_text(
-        yaml.safe_dump(
-            {
-                "loglevel": "info",
-                "logfile": str(workdir / "registry.log"),
-                "data_dir": str(workdir / "data"),
-                "http": {**http, **({"cache_bytes": 0} if cold else {})},
-                "db": f"sqlite:///{database}",
-            }
-        )
-    )
+def _measure(workdir: Path, database: Path, stored: int, hot: int, *, cold: bool) -> dict[str, float]:
+    url = URL.create("sqlite", database=str(database))
+    config_file = registry_config(workdir, url, 25777, **({"cache_bytes": 0} if cold else {}))
     config = load_config(config_file)
     store = SettingsStore(build_engine(config.db))
     audit = open_audit(config, store)
     metrics = ProcessMetrics(workdir).start()
     api = RegistryApi(config, store, audit, metrics)
     ids = random.sample(range(stored), READS) if cold else [random.randrange(hot) for _ in range(READS)]
-    requests = [request(secret, n) for n in ids]
-    warm = [request(secret, random.randrange(stored if cold else hot)) for _ in range(2_000)]
+    requests = [request(n) for n in ids]
+    warm = [request(random.randrange(stored if cold else hot)) for _ in range(2_000)]
 
     async def run() -> dict[str, float]:
         caps = ConnectionCaps.for_limit(65_536, 10_000, 10_000)
@@ -140,11 +128,10 @@ def _measure(workdir: Path, database: Path, secret: str, stored: int, hot: int, 
 
 
 def main() -> int:
-    secret = secrets.token_hex(24)
     with tempfile.TemporaryDirectory(prefix="boshreg-serving-cpu-") as temporary:
         database = Path(temporary) / "bench.db"
         load(URL.create("sqlite", database=str(database)), STORED)
-        figures = {kind: measure(database, secret, STORED, HOT, cold=kind == "cold") for kind in ("cold", "hot")}
+        figures = {kind: measure(database, STORED, HOT, cold=kind == "cold") for kind in ("cold", "hot")}
     print(json.dumps(figures))
     return 0
 
