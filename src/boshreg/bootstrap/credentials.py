@@ -11,6 +11,7 @@ so the registry can check the HMAC before it looks anything up. Standard library
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import secrets
@@ -45,9 +46,19 @@ def instance_token(secret: str, instance_id: str, generation: int = 0) -> str:
     if generation < 0:
         raise ValueError("a credential generation is a whole number from 0")
     message = instance_id if generation == 0 else f"{instance_id}\0{generation}"  # ids never hold NUL
-    digest = hmac.new(secret.encode("utf-8"), message.encode("utf-8"), hashlib.sha256).digest()
+    keyed = _keyed(secret).copy()
+    keyed.update(message.encode("utf-8"))
+    digest = keyed.digest()
     token = base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
     return token if generation == 0 else f"{token}{_GENERATION_SEPARATOR}{generation}"
+
+
+@functools.lru_cache(maxsize=4)
+def _keyed(secret: str) -> hmac.HMAC:
+    """An HMAC-SHA256 keyed with ``secret``, to be copied per token: keying one (OpenSSL looks the digest up by
+    name) cost more than the rest of the token, and every read with a header not seen before checks one.
+    A few secrets at once: the registry's, and in tests and tools another now and then."""
+    return hmac.new(secret.encode("utf-8"), digestmod=hashlib.sha256)
 
 
 def token_generation(secret: str, instance_id: str, password: str) -> int | None:
