@@ -303,7 +303,7 @@ def front_limits(config: RegistryConfig) -> FrontLimits:
     )
 
 
-def _settle_heap() -> None:
+def settle_heap() -> None:
     """Keep what start-up built out of the garbage collector's full passes.
 
     The modules, the app and the store are hundreds of thousands of objects that live as long as the
@@ -365,7 +365,7 @@ def _serve_process(
             await store.aclose()  # connections opened on this event loop are closed on it
 
     log.info("serving in process %d", os.getpid())
-    _settle_heap()
+    settle_heap()
     try:
         run_loop(run())
         log.info("stopped serving in process %d", os.getpid())
