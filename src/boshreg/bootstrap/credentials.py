@@ -55,9 +55,11 @@ def instance_token(secret: str, instance_id: str, generation: int = 0) -> str:
 
 @functools.lru_cache(maxsize=4)
 def _keyed(secret: str) -> hmac.HMAC:
-    """An HMAC-SHA256 keyed with ``secret``, to be copied per token: keying one (OpenSSL looks the digest up by
-    name) cost more than the rest of the token, and every read with a header not seen before checks one.
-    A few secrets at once: the registry's, and in tests and tools another now and then."""
+    """An HMAC-SHA256 keyed with ``secret``, to be copied per token (the standard library's own way to share a
+    key): keying one per token (the digest looked up, the key's padded blocks hashed) cost 2.1-2.4 µs against
+    1.4 for a copy, and far more in the server, where every read with a header not seen before checks a token.
+    Never updated itself, so a copy from any thread starts from the key alone. A few secrets at once: the
+    registry's, and in tests and tools another now and then."""
     return hmac.new(secret.encode("utf-8"), digestmod=hashlib.sha256)
 
 
