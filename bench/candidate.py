@@ -33,12 +33,12 @@ def _serve_on_uvicorn(
     metrics_dir: Path,
     data_dir: Path | None,
     *,
-    parent: bool = False,
+    write_pending: bool = False,
     on_stop: Callable[[], None] | None = None,
 ) -> None:
     del caps, tls, metrics_dir  # uvicorn has limits of its own, the bench serves plain HTTP and scrapes nothing
     del on_stop  # uvicorn passes nothing on to the other worker; the bench stops both with the parent
-    audit = server.open_audit(config, store, data_dir, write_pending=parent)
+    audit = server.open_audit(config, store, data_dir, write_pending=write_pending)
     api = RegistryApi(config, store, audit)
     uvicorn_config = uvicorn.Config(
         asgi_app(api), loop="asyncio", http="httptools", log_config=None, access_log=False, lifespan="off"

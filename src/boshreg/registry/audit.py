@@ -107,8 +107,7 @@ class Event:
     def to_pending(self) -> dict[str, Any]:
         """Every field, JSON-ready, for a file of events waiting for the next start (``audit_pending``)."""
         return {
-            **self.row(),
-            "at": self.at.isoformat(),
+            **self.to_json(),
             "size": self.size,
             "last_at": self.last_at.isoformat() if self.last_at is not None else None,
         }

@@ -24,9 +24,9 @@ PENDING_DIR = "audit-pending"
 _SUFFIX = ".jsonl"
 
 
-def save(directory: Path, rows: Sequence[dict[str, Any]], per_file: int) -> int:
+def save(directory: Path, rows: Sequence[dict[str, Any]], per_file: int) -> None:
     """``rows`` (JSON-ready dicts, in trail order) as files of ``per_file`` each in ``directory``, on disk when
-    this returns; how many were saved. Raises OSError when the directory cannot be written."""
+    this returns. Raises OSError when the directory cannot be written."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     stamp = time.time_ns()  # names sort by the time of the stop, then by the order within it
@@ -40,7 +40,6 @@ def save(directory: Path, rows: Sequence[dict[str, Any]], per_file: int) -> int:
             os.fsync(file.fileno())
         partial.rename(path)
     _sync_directory(directory)
-    return len(rows)
 
 
 def pending(directory: Path) -> list[Path]:

@@ -220,7 +220,9 @@ def serve(config: RegistryConfig, store: SettingsStore, listening: Listening, da
             children.append(pid)
         try:
             pass_on = functools.partial(_signal, children)
-            _serve_process(config, store, listening, caps, tls, metrics_dir, data_dir, parent=True, on_stop=pass_on)
+            _serve_process(
+                config, store, listening, caps, tls, metrics_dir, data_dir, write_pending=True, on_stop=pass_on
+            )
         finally:
             _stop(children)
             listening.sock.close()
@@ -324,12 +326,13 @@ def _serve_process(
     metrics_dir: Path,
     data_dir: Path | None,
     *,
-    parent: bool = False,
+    write_pending: bool = False,
     on_stop: Callable[[], None] | None = None,
 ) -> None:
-    """One process's server: its app, cache, audit writer, metrics and pool, on the shared socket. The parent
-    writes back the audit events earlier stops saved, and calls ``on_stop`` when it is told to stop."""
-    audit = open_audit(config, store, data_dir, write_pending=parent)
+    """One process's server: its app, cache, audit writer, metrics and pool, on the shared socket. The process
+    given ``write_pending`` (the parent) writes back the audit events earlier stops saved; ``on_stop`` is called
+    when it is told to stop."""
+    audit = open_audit(config, store, data_dir, write_pending=write_pending)
     metrics = ProcessMetrics(metrics_dir).start()
     api = RegistryApi(config, store, audit, metrics)
     front = Front(
