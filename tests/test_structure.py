@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,17 +93,30 @@ def test_each_word_and_fact_is_spelled_in_one_module(text: str, home: str) -> No
     assert all(place.startswith(home) for place in found), found
 
 
-def test_a_registry_on_sqlite_does_not_load_the_postgresql_loop_driver() -> None:
-    """asyncpg is ~3 MiB a worker: loaded where PostgreSQL is read on the event loop, not by every registry."""
+def test_a_registry_on_sqlite_loads_neither_postgresql_driver() -> None:
+    """asyncpg (~3 MiB a worker) is loaded where PostgreSQL is read on the event loop, psycopg (~9 MiB with its
+    libpq and OpenSSL) where the trail or the store is on PostgreSQL: not by every registry. The probe writes
+    the trail as a worker does, so the lazily imported COPY path is proven not to be reached on SQLite."""
     probe = (
         "import sys\n"
+        "from datetime import UTC, datetime, timedelta\n"
         "from boshreg.registry import server, store, engine\n"
+        "from boshreg.registry.audit import AuditLog, Event, query_events\n"
         "from boshreg.registry.config import DbConfig\n"
         "engine.build_read_pool(DbConfig(adapter='sqlite', database=':memory:'))\n"
-        "print('asyncpg' in sys.modules)\n"
+        "settings = store.SettingsStore(engine.build_engine(DbConfig(adapter='sqlite', database=sys.argv[1])))\n"
+        "settings.ensure_schema()\n"
+        "trail = AuditLog(settings.engine, max_age=timedelta(days=1), max_rows=10)\n"
+        "trail._enqueue(Event(datetime.now(UTC), 'write', 'vm-1', '10.0.0.1', 'admin', 200, 'ok'))\n"
+        "trail.flush()\n"
+        "assert [event.instance_id for event in query_events(settings.engine)] == ['vm-1']\n"
+        "print(sorted({'asyncpg', 'psycopg'} & set(sys.modules)))\n"
     )
-    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
-    assert loaded.strip() == "False"
+    with tempfile.TemporaryDirectory() as data:
+        loaded = subprocess.run(
+            [sys.executable, "-c", probe, f"{data}/registry.db"], capture_output=True, text=True, check=True
+        ).stdout
+    assert loaded.strip() == "[]"
 
 
 def test_the_registrys_process_does_not_load_the_http_client_or_the_test_clouds_server() -> None:

@@ -32,8 +32,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import psycopg
-import psycopg.sql
 from sqlalchemy import Connection, Engine, delete, func, insert, select
 from sqlalchemy import exc as sa_exc
 
@@ -536,23 +534,10 @@ def _yield_cpu_to_serving() -> None:
 
 
 def _copy_events(conn: Connection, batch: list[Event]) -> None:
-    """The events into the trail through PostgreSQL's COPY, in the caller's transaction.
+    """The events into the trail through PostgreSQL's COPY (imported here: only a trail on PostgreSQL needs psycopg)."""
+    from boshreg.registry.audit_copy import copy_rows
 
-    Why: psycopg's executemany sends a statement per row (in a pipeline), ~10 us of the writer's time each;
-    a COPY row is ~1 us. The same columns and values as the INSERT; the database refuses a bad row the same way.
-    """
-    driver = conn.connection.driver_connection
-    assert isinstance(driver, psycopg.Connection)
-    try:
-        with driver.cursor() as cursor, cursor.copy(_COPY_EVENTS) as copy:
-            for event in batch:
-                copy.write_row(event.values())
-    except psycopg.Error as exc:  # as SQLAlchemy would have raised it: flush keeps, retries or isolates by kind
-        if isinstance(exc, psycopg.OperationalError) and driver.closed:
-            conn.invalidate()  # never back into the pool
-        raise sa_exc.DBAPIError.instance(
-            "COPY registry_events", None, exc, psycopg.Error, hide_parameters=True
-        ) from None
+    copy_rows(conn, registry_events.name, _COLUMNS, (event.values() for event in batch))
 
 
 def query_events(
@@ -577,9 +562,6 @@ def _aware(value: datetime) -> datetime:
 _COLUMNS = tuple(column.name for column in registry_events.columns if column.name != "id")
 _column_values: Callable[[Event], tuple[Any, ...]] = operator.attrgetter(*_COLUMNS)  # C: a tuple in column order
 _INSERT = insert(registry_events)
-_COPY_EVENTS = psycopg.sql.SQL("COPY {} ({}) FROM STDIN").format(
-    psycopg.sql.Identifier(registry_events.name), psycopg.sql.SQL(", ").join(map(psycopg.sql.Identifier, _COLUMNS))
-)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 
 
