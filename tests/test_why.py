@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import httpx
 import pytest
 
 from boshreg.bootstrap.credentials import instance_token
-from boshreg.registry.audit import FLUSH_SECONDS
+from boshreg.registry.audit import FLUSH_SECONDS, Event
 from boshreg.testcloud.openstack import FakeServer, OpenStackStandIn
 from conftest import RegistryLauncher
 from support.chain import registry_user_data
@@ -198,3 +199,16 @@ def test_bad_input_is_one_line(registry: RegistryProcess, tmp_path: Path) -> Non
         boshreg("why", "vm-1", "--config", config, "--trace", "not-a-trace.json", cwd=tmp_path), "is not an agent trace"
     )
     assert_one_line_error(boshreg("why", "vm-1", "--data-dir", "nowhere", cwd=tmp_path), "no registry database")
+
+
+def test_an_event_read_from_the_api_keeps_its_count_and_an_older_registrys_has_none() -> None:
+    """``why --endpoint`` reads the trail from the events API: an aggregated read or refusal shows its "xN"
+    as ``why --config`` shows it, and an event of a registry from before aggregation (no count) reads as one."""
+    at = datetime(2026, 12, 7, 19, 0, tzinfo=UTC)
+    aggregated = Event(at, "read", "vm-1", "10.0.0.7", "per-vm", 401, "access_denied", count=3)
+    assert Event.from_json(aggregated.to_json()) == aggregated
+    assert Event.from_json(json.loads(json.dumps(aggregated.to_json()))).to_text().endswith(" 401 access_denied x3")
+    older = {key: value for key, value in aggregated.to_json().items() if key != "count"}
+    assert Event.from_json(older).count == 1
+    with pytest.raises(KeyError):
+        Event.from_json({"at": at.isoformat()})

@@ -303,16 +303,7 @@ def registry_side_from_endpoint(
 
 def _event(raw: Mapping[str, Any]) -> Event:
     try:
-        at = datetime.fromisoformat(str(raw["at"]))
-        return Event(
-            at if at.tzinfo else at.replace(tzinfo=UTC),
-            str(raw["action"]),
-            str(raw["instance_id"]),
-            str(raw["client"]),
-            str(raw["credential"]),
-            int(raw["status"]),
-            str(raw["outcome"]),
-        )
+        return Event.from_json(raw)
     except (KeyError, ValueError, TypeError) as exc:
         raise WhyError(f"the registry answered an event this version cannot read ({exc})", "update boshreg") from None
 

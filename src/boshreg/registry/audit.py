@@ -126,9 +126,15 @@ class Event:
         )
 
     @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Event:
+        """``to_json``'s inverse, as the events API answers it (``count`` may be missing: a registry before
+        aggregation); raises KeyError, TypeError or ValueError for one that is not an event."""
+        return cls.from_row({**raw, "at": datetime.fromisoformat(str(raw["at"])), "count": raw.get("count")})
+
+    @classmethod
     def from_pending(cls, row: dict[str, Any]) -> Event:
         """``to_pending``'s inverse; raises KeyError, TypeError or ValueError for a row that is not one."""
-        event = cls.from_row({**row, "at": datetime.fromisoformat(str(row["at"]))})
+        event = cls.from_json(row)
         last_at = row.get("last_at")
         return replace(
             event,
