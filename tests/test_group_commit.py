@@ -199,3 +199,42 @@ def test_two_batches_writing_the_same_vms_in_opposite_orders_do_not_deadlock(ser
         thread.join(timeout=20)
     engine.dispose()
     assert deadlocks == []
+
+
+def test_the_last_statement_ends_each_transaction_after_its_writes(tmp_path: Path) -> None:
+    """MySQL's change counter is raised this way: once a commit, after every row the writes lock, and never in
+    a transaction that did not commit (a refused write's batch is rolled back, then each write runs alone)."""
+    engine = create_engine(f"sqlite:///{tmp_path}/last.db")
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(insert(rows).values(name="taken"))
+    seen_at_the_end: list[int] = []
+
+    def count_rows(conn: Connection) -> None:
+        seen_at_the_end.append(len(conn.execute(select(rows.c.name)).all()))
+
+    writer = threading.Lock()
+    commits = GroupCommit(engine, writer, last_statement=count_rows)
+
+    def write(name: str) -> None:
+        with contextlib.suppress(sa_exc.IntegrityError):
+            commits.run(lambda conn: conn.execute(insert(rows).values(name=name)), name)
+
+    with writer:
+        threads = [threading.Thread(target=write, args=(f"w{n}",)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.3)
+    for thread in threads:
+        thread.join(timeout=10)
+    assert seen_at_the_end == [5]  # one batch: after its four rows
+    seen_at_the_end.clear()
+    with writer:
+        threads = [threading.Thread(target=write, args=(name,)) for name in ("a", "taken", "b")]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.3)
+    for thread in threads:
+        thread.join(timeout=10)
+    # The batch failed (its last statement never ran to a commit); then "a" and "b" alone, each ended by it.
+    assert seen_at_the_end == [6, 7]

@@ -5,17 +5,23 @@ from __future__ import annotations
 
 import json
 import stat
+import time
 from datetime import timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import URL, create_engine, text
 
 from boshreg.registry.audit import AuditLog
+from boshreg.registry.cache import CHANGE_POLL_SECONDS
 from boshreg.registry.store import SettingsStore
-from conftest import usable_backend
+from conftest import RegistryLauncher, usable_backend
 from support.cli import assert_one_line_error, boshreg
 from support.databases import original_table_ddl
+from support.registry import ADMIN_PASSWORD
+
+ADMIN = ("admin", ADMIN_PASSWORD)
 
 # Settings as the CPI wrote them: kept byte for byte (spacing, key order, non-ASCII, escapes).
 SETTINGS = {
@@ -138,3 +144,26 @@ def test_the_help_says_what_the_command_is_for(command: str, tmp_path: Path) -> 
     result = boshreg(command, "--help", cwd=tmp_path)
     assert result.returncode == 0
     assert "Examples:" in result.stdout
+
+
+def test_an_import_is_read_at_once_through_running_registries(
+    database_url: URL, tmp_path: Path, start_registry: RegistryLauncher
+) -> None:
+    """Their read caches hear of it as of any write of boshreg's: SQLite's marker file, PostgreSQL's notification,
+    MySQL's change counter (each within its bound, README "The read cache"); entries here live a minute."""
+    registry = start_registry(database_url, cache_seconds=60, workers=2)
+    url = f"{registry.url}/instances/vm-imported/settings"
+    assert httpx.put(url, content=b'{"version": 1}', auth=ADMIN).status_code == 200
+    for _ in range(10):  # cached in both workers
+        assert httpx.get(url, auth=ADMIN, headers={"Connection": "close"}).json()["settings"] == '{"version": 1}'
+    record = {"instance_id": "vm-imported", "settings": '{"version": 2}', "generation": 0, "fleet": None}
+    (tmp_path / "new.jsonl").write_text(
+        json.dumps({"format": "boshreg-export", "version": 1}) + "\n" + json.dumps(record)
+    )
+    imported = boshreg(
+        "import", "new.jsonl", "--config", str(config_for(database_url, tmp_path / "c.yml")), cwd=tmp_path
+    )
+    assert imported.returncode == 0, imported.stderr
+    time.sleep(CHANGE_POLL_SECONDS + 0.2)  # the longest of the bounds
+    for _ in range(10):
+        assert httpx.get(url, auth=ADMIN, headers={"Connection": "close"}).json()["settings"] == '{"version": 2}'

@@ -36,7 +36,7 @@ from boshreg.registry.auth import REALM, Authenticator, Caller, Identity, parse_
 from boshreg.registry.cache import (
     FOREIGN_EXPIRY_SECONDS,
     Answer,
-    NoWatch,
+    ChangeCounter,
     PgNotifications,
     ResponseCache,
     SharedMarker,
@@ -722,7 +722,9 @@ def answer_cache(config: RegistryConfig, store: SettingsStore) -> ResponseCache 
         )
     if config.http.cache_seconds == 0:
         return None
-    return ResponseCache(NoWatch(), max_bytes=config.http.cache_bytes, max_seconds=config.http.cache_seconds)
+    return ResponseCache(
+        ChangeCounter(store.engine), max_bytes=config.http.cache_bytes, max_seconds=config.http.cache_seconds
+    )
 
 
 def create_app(

@@ -112,9 +112,10 @@ class HttpConfig(_Section):
     max_headers: Annotated[int, Field(ge=8, le=1000)] = 100  # 431 past it
     max_connections: Annotated[int | None, Field(ge=16)] = None  # per process; default: the file limit minus 160
     max_connections_per_address: Annotated[int | None, Field(ge=1)] = None  # default: half of max_connections
-    # ours: the answer cache of settings reads, per process (0: off); cache_seconds bounds it on MySQL (README)
+    # ours: the answer cache of settings reads, per process (0: off); on MySQL, cache_seconds bounds what
+    # writers other than boshreg leave cached (boshreg's own writes: cache.CHANGE_POLL_SECONDS; README)
     cache_bytes: Annotated[int, Field(ge=0, le=4 * 1024 * 1024 * 1024)] = 32 * 1024 * 1024
-    cache_seconds: Annotated[float, Field(ge=0, le=3600)] = 1.0
+    cache_seconds: Annotated[float, Field(ge=0, le=3600)] = 10.0
     workers: Annotated[int | None, Field(ge=1, le=64)] = None  # processes; default: one per core
     # ours: who may scrape GET /metrics without admin credentials (addresses or networks)
     metrics_allow_from: list[str] = []

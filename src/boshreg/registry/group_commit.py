@@ -47,9 +47,17 @@ class _Batch:
 class GroupCommit:
     """Runs writes in shared transactions, one commit for every write that waited behind the last."""
 
-    def __init__(self, engine: Engine, writer: AbstractContextManager[object]) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        writer: AbstractContextManager[object],
+        *,
+        last_statement: Callable[[Connection], None] | None = None,
+    ) -> None:
+        """``last_statement``: run in every transaction after its writes, before the commit."""
         self._engine = engine
         self._writer = writer
+        self._last_statement = last_statement
         self._lock = threading.Lock()
         self._open: _Batch | None = None
         self._open_async: _Batch | None = None  # run_async's batch, filled on the event loop
@@ -125,6 +133,7 @@ class GroupCommit:
                 with self._engine.begin() as conn:
                     for index in _in_key_order(batch):
                         results[index] = batch.writes[index](conn)
+                    self._end(conn)
                 batch.results, batch.errors = results, [None] * len(batch.writes)
             except sa_exc.SQLAlchemyError as exc:
                 if len(batch.writes) == 1 or _connection_lost(exc):
@@ -137,6 +146,10 @@ class GroupCommit:
         finally:
             batch.done.set()
 
+    def _end(self, conn: Connection) -> None:
+        if self._last_statement is not None:
+            self._last_statement(conn)
+
     def _one_by_one(self, batch: _Batch) -> None:
         results: list[Any] = [None] * len(batch.writes)
         errors: list[BaseException | None] = [None] * len(batch.writes)
@@ -144,6 +157,7 @@ class GroupCommit:
             try:
                 with self._engine.begin() as conn:
                     results[index] = batch.writes[index](conn)
+                    self._end(conn)
             except sa_exc.SQLAlchemyError as exc:
                 errors[index] = exc
         batch.results, batch.errors = results, errors

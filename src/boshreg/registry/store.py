@@ -44,11 +44,17 @@ from sqlalchemy.sql.dml import Insert
 from boshreg.bootstrap.endpoint import redact_url
 from boshreg.bootstrap.registry_key import REGISTRY_KEY
 from boshreg.errors import BoshregError
-from boshreg.registry.cache import CHANNEL
+from boshreg.registry.cache import CHANNEL, count_change, ensure_change_counter
 from boshreg.registry.driver_sql import DriverStatement
 from boshreg.registry.group_commit import GroupCommit
 from boshreg.registry.read_batch import ReadBatches
-from boshreg.registry.tables import metadata, registry_credentials, registry_events, registry_instances
+from boshreg.registry.tables import (
+    metadata,
+    registry_changes,
+    registry_credentials,
+    registry_events,
+    registry_instances,
+)
 
 if TYPE_CHECKING:  # asyncpg is imported only where PostgreSQL is read on the loop (~3 MiB a process)
     from boshreg.registry.read_pool import ReadPool
@@ -198,7 +204,8 @@ class SettingsStore:
         self.writer: contextlib.AbstractContextManager[object] = (
             SqliteWriters(engine.url.database) if engine.dialect.name == "sqlite" else contextlib.nullcontext()
         )
-        self._commits = GroupCommit(engine, self.writer)  # one commit (one disk flush) for writes that queued
+        # One commit (one disk flush) for writes that queued; on MySQL each ends by raising the change counter.
+        self._commits = GroupCommit(engine, self.writer, last_statement=count_change)
         # The statements every PUT and every read repeat, compiled once (driver_sql); the read pool's in
         # asyncpg's numbered parameters.
         self._upsert_settings = DriverStatement(_upsert(engine.dialect.name), engine.dialect)
@@ -234,7 +241,10 @@ class SettingsStore:
         with self._schema_lock, self._translate_errors():
             if self._schema_ready:
                 return
-            metadata.create_all(self.engine, checkfirst=True)
+            # registry_changes is MySQL's alone (cache.ChangeCounter): made there, with its row, just below
+            ours = [table for table in metadata.sorted_tables if table is not registry_changes]
+            metadata.create_all(self.engine, tables=ours, checkfirst=True)
+            ensure_change_counter(self.engine)
             self._add_missing_event_columns()
             self._unique_instance_id = self._has_unique_instance_id()
             if not self._unique_instance_id:

@@ -6,7 +6,7 @@ The original ignores tables it does not know, so the audit trail can live in the
 
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, Index, Integer, MetaData, SmallInteger, String, Table, Text
+from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, MetaData, SmallInteger, String, Table, Text
 from sqlalchemy.dialects import mysql
 
 metadata = MetaData()
@@ -72,4 +72,14 @@ registry_fleet = Table(
     Column("last_refusal_status", SmallInteger, nullable=True),
     Column("last_refusal_outcome", String(32), nullable=True),
     Column("last_refusal_client", String(64), nullable=True),
+)
+
+# MySQL/MariaDB only: a counter every boshreg write raises as the last statement of its transaction. MySQL has
+# no notifications; each worker reads this one row every ``cache.CHANGE_POLL_SECONDS`` and drops its read
+# cache when the number moved (``cache.ChangeCounter``). SQLite has the marker file, PostgreSQL LISTEN/NOTIFY.
+registry_changes = Table(
+    "registry_changes",
+    metadata,
+    Column("id", SmallInteger, primary_key=True, autoincrement=False),  # always 1
+    Column("version", BigInteger, nullable=False),
 )

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, delete, insert, select, update
 
 from boshreg.errors import BoshregError
-from boshreg.registry.cache import CHANNEL, SharedMarker
+from boshreg.registry.cache import CHANNEL, SharedMarker, count_change, ensure_change_counter
 from boshreg.registry.payload import PayloadError, check_instance_id
 from boshreg.registry.tables import registry_credentials, registry_fleet, registry_instances
 
@@ -157,6 +157,8 @@ def _record(document: dict[str, Any], where: str) -> Record:
 def import_records(engine: Engine, records: list[Record], *, dry_run: bool) -> ImportSummary:
     """Make the database hold ``records`` (instances not in the file are left alone), in one transaction."""
     summary = ImportSummary()
+    if not dry_run:
+        ensure_change_counter(engine)  # before the transaction: on MySQL a table made inside one commits it
     with engine.begin() as conn:
         current = {row.instance_id: row for row in _records(conn, [r.instance_id for r in records])}
         for record in records:
@@ -169,6 +171,8 @@ def import_records(engine: Engine, records: list[Record], *, dry_run: bool) -> I
                 _write(conn, record, before)
         if dry_run:
             conn.rollback()
+        elif summary.created or summary.changed:
+            count_change(conn)  # MySQL: running registries drop what they cached (``cache``)
     if not dry_run and (summary.created or summary.changed):
         _tell_sqlite_registries(engine)
     return summary
