@@ -7,6 +7,7 @@ on SQLite or MariaDB never loads it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -24,14 +25,18 @@ def copy_rows(conn: Connection, table: str, columns: Sequence[str], rows: Iterab
     """
     driver = conn.connection.driver_connection
     assert isinstance(driver, psycopg.Connection)
-    statement = psycopg.sql.SQL("COPY {} ({}) FROM STDIN").format(
-        psycopg.sql.Identifier(table), psycopg.sql.SQL(", ").join(map(psycopg.sql.Identifier, columns))
-    )
     try:
-        with driver.cursor() as cursor, cursor.copy(statement) as copy:
+        with driver.cursor() as cursor, cursor.copy(_copy_statement(table, tuple(columns))) as copy:
             for row in rows:
                 copy.write_row(row)
     except psycopg.Error as exc:  # as SQLAlchemy would have raised it: flush keeps, retries or isolates by kind
         if isinstance(exc, psycopg.OperationalError) and driver.closed:
             conn.invalidate()  # never back into the pool
         raise sa_exc.DBAPIError.instance(f"COPY {table}", None, exc, psycopg.Error, hide_parameters=True) from None
+
+
+@functools.cache  # composed once per table and columns (the trail's one), not once per batch
+def _copy_statement(table: str, columns: tuple[str, ...]) -> psycopg.sql.Composed:
+    return psycopg.sql.SQL("COPY {} ({}) FROM STDIN").format(
+        psycopg.sql.Identifier(table), psycopg.sql.SQL(", ").join(map(psycopg.sql.Identifier, columns))
+    )
