@@ -27,7 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -185,12 +185,17 @@ class AuditLog:
         self._writer = writer or nullcontext()  # the store's queue for writers, where its database has one
         self.max_age = max_age
         self.max_rows = max_rows
-        self._queue: deque[Event] = deque()
+        # The events waiting for the writer, each as a plain tuple of its fields (``_fields``), made an Event a
+        # batch at a time: the garbage collector stops tracking such a tuple at its first pass, while it walked
+        # every waiting Event object in each full pass, with every request on the worker stalled (a cold load
+        # leaves 100,000 a worker waiting: passes of 30-63 ms; README, "Measured").
+        self._queue: deque[tuple[Any, ...]] = deque()
         self._refusals: dict[tuple[str, ...], Event] = {}  # by (client, action, id, credential, status): this window's
         self._refusals_since = 0.0
-        # (id, client, credential) → [the first of the window's further reads (time.time()), how many, the last
-        # read's]: the window's readers; their first reads wait in _first_reads to be written at the next flush
-        self._reads: dict[tuple[str, str, str], list[float]] = {}
+        # (id, client, credential) → (the first of the window's further reads (time.time()), how many, the last
+        # read's): the window's readers; their first reads wait in _first_reads to be written at the next flush.
+        # Tuples, not lists, for the queue's reason: a starved writer let a window grow to 66,000 readers a worker.
+        self._reads: dict[tuple[str, str, str], tuple[float, int, float]] = {}
         self._first_reads: list[tuple[str, str, str, float]] = []
         self._further_reads = 0  # readers with further reads in this window: events waiting for its close
         self._reads_lock = threading.Lock()
@@ -253,13 +258,13 @@ class AuditLog:
         with self._reads_lock:
             seen = self._reads.get(key)
             if seen is not None:
-                if not seen[1]:
-                    seen[0] = now
+                first, count, _last = seen
+                if not count:
+                    first = now
                     self._further_reads += 1
-                seen[1] += 1
-                seen[2] = now  # the fleet's "last read"
+                self._reads[key] = (first, count + 1, now)  # now: the fleet's "last read"
             elif len(self._reads) < QUEUE_MAX:
-                self._reads[key] = [now, 0, now]
+                self._reads[key] = (now, 0, now)
                 self._first_reads.append((instance_id, client, credential, now))
             else:
                 self._dropped += 1
@@ -270,7 +275,7 @@ class AuditLog:
         with self._reads_lock:
             firsts, self._first_reads = self._first_reads, []
         for instance_id, client, credential, first in firsts:
-            self._enqueue(_read_event(instance_id, client, credential, first, 1, first))
+            self._enqueue_fields(_read_fields(instance_id, client, credential, first, 1, first))
 
     def _close_reads(self) -> None:
         """Close the reads' window: first reads to the queue, then one event per reader with further reads."""
@@ -280,7 +285,7 @@ class AuditLog:
             self._further_reads = 0
         for (instance_id, client, credential), (first, count, last) in reads.items():
             if count:  # a reader with one read was written as its first
-                self._enqueue(_read_event(instance_id, client, credential, first, int(count), last))
+                self._enqueue_fields(_read_fields(instance_id, client, credential, first, count, last))
 
     @property
     def queue_depth(self) -> int:
@@ -288,13 +293,16 @@ class AuditLog:
         return len(self._queue) + len(self._first_reads) + self._further_reads
 
     def _enqueue(self, event: Event) -> None:
+        self._enqueue_fields(_fields(event))
+
+    def _enqueue_fields(self, event_fields: tuple[Any, ...]) -> None:
         # The bound keeps memory in check while the database is away; at a stop the windows' reads come in on
         # top of a full queue, and what is not written then is saved to disk, so nothing is dropped for it.
         if len(self._queue) >= QUEUE_MAX and not self._stopping.is_set():
             self._queue.popleft()
             self._dropped += 1
             self.dropped_total += 1
-        self._queue.append(event)
+        self._queue.append(event_fields)
 
     def _close_window(self, now: float, *, force: bool = False) -> None:
         """Move this window's aggregated refusals to the queue."""
@@ -324,7 +332,7 @@ class AuditLog:
         # A writer still in a statement (a database that hangs past the stop's time) holds a batch that may never
         # commit: saved too. Should it commit before the process ends, those events are in the trail twice.
         in_hand = list(self._in_hand) if self._thread.is_alive() else []
-        rest = in_hand + [self._queue.popleft() for _ in range(len(self._queue))]
+        rest = in_hand + [Event(*self._queue.popleft()) for _ in range(len(self._queue))]
         if not rest:
             return
         if self._pending_dir is None:
@@ -388,12 +396,12 @@ class AuditLog:
         while self._queue and not self._giving_up.is_set():
             batch: list[Event] = []
             while self._queue and len(batch) < BATCH_EVENTS:
-                batch.append(self._queue.popleft())
+                batch.append(Event(*self._queue.popleft()))
             self._in_hand = batch
             try:
                 self._write(batch)
             except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:  # the database is away: keep them
-                self._queue.extendleft(reversed(batch))
+                self._queue.extendleft(_fields(event) for event in reversed(batch))
                 log.warning("audit trail not written (%d events waiting): %s", len(self._queue), type(exc).__name__)
                 return
             except sa_exc.SQLAlchemyError:
@@ -514,12 +522,15 @@ class AuditLog:
         self.flush()
 
 
-def _read_event(instance_id: str, client: str, credential: str, first: float, count: int, last: float) -> Event:
-    """Successful reads as a trail event: ``first`` and ``last`` (``time.time()`` values, kept so by the loop) made
-    datetimes here, in the writer's thread; the id and address stored as every event stores them."""
+def _read_fields(
+    instance_id: str, client: str, credential: str, first: float, count: int, last: float
+) -> tuple[Any, ...]:
+    """Successful reads as a trail event's fields (``Event(*fields)``): ``first`` and ``last`` (``time.time()``
+    values, kept so by the loop) made datetimes here, in the writer's thread; the id and address stored as every
+    event stores them."""
     at = datetime.fromtimestamp(first, UTC)
     last_at = at if last == first else datetime.fromtimestamp(last, UTC)
-    return Event(at, "read", escape_id(instance_id)[:255], client[:64], credential, 200, "ok", count, last_at=last_at)
+    return (at, "read", escape_id(instance_id)[:255], client[:64], credential, 200, "ok", count, None, last_at)
 
 
 def _yield_cpu_to_serving() -> None:
@@ -567,6 +578,7 @@ def _aware(value: datetime) -> datetime:
 
 _COLUMNS = tuple(column.name for column in registry_events.columns if column.name != "id")
 _column_values: Callable[[Event], tuple[Any, ...]] = operator.attrgetter(*_COLUMNS)  # C: a tuple in column order
+_fields: Callable[[Event], tuple[Any, ...]] = operator.attrgetter(*(field.name for field in fields(Event)))
 _INSERT = insert(registry_events)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 
