@@ -249,3 +249,105 @@ def test_a_fault_of_ours_while_writing_back_keeps_the_file_and_the_writer(
         assert _stored_counts(store.engine) == {("read", 200): 1}  # the writer goes on with the live events
     finally:
         store.close()
+
+
+def _instances_in_trail(engine: Engine) -> list[str]:
+    with engine.connect() as conn:
+        return [row[0] for row in conn.execute(select(registry_events.c.instance_id))]
+
+
+def _reads_waiting(trail: AuditLog, vms: range) -> None:
+    """A read of each VM, its window closed every 50 readers (a window holds fewer than QUEUE_MAX): as the
+    writer's turns move them into the queue."""
+    for start in range(vms.start, vms.stop, 50):
+        for n in range(start, min(start + 50, vms.stop)):
+            trail.record_read(f"vm-{n}", "10.0.0.2", "per-vm")
+        trail._close_reads()
+
+
+@pytest.mark.sqlite
+def test_past_the_memory_bound_the_oldest_events_wait_on_disk_and_the_writer_writes_them_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer behind reads that saturate the cores (1,000,000 stored, ~15,000 VMs not seen before a second a
+    worker) reached the memory bound after ~7 s and dropped the oldest: 13,731 and 17,934 of ~250,000 in two runs
+    of 8 s. With a data directory the oldest wait there instead, and the writer writes them back itself."""
+    monkeypatch.setattr(audit_module, "QUEUE_MAX", 1_000)
+    monkeypatch.setattr(audit_module, "SPILL_DOWN_TO", 500)
+    store = SettingsStore(create_engine(f"sqlite:///{tmp_path / 'trail.db'}"))
+    store.ensure_schema()
+    directory = tmp_path / "data" / "audit-pending"
+    trail = _trail(store.engine, directory)  # a worker's: not started, so every turn is this test's
+    try:
+        _reads_waiting(trail, range(1_800))  # VMs not seen before: all waiting, past the bound
+        trail._spill()  # the writer's turn begins
+        assert len(trail._queue) == 500
+        assert trail.queue_depth == 1_800  # the spilled ones still count as waiting
+        assert sum(len(load(path)[0]) for path in pending(directory)) == 1_300
+        assert all(stat.S_IMODE(path.stat().st_mode) == 0o600 for path in pending(directory))
+        _reads_waiting(trail, range(1_800, 2_800))
+        trail.flush()  # spills again (1,500 waiting), then writes what stays in memory
+        for _ in range(10):
+            if not trail._pending:
+                break
+            trail.write_pending()  # the next turns write the files back, oldest first
+        assert trail.queue_depth == 0
+        assert trail.dropped_total == 0
+        assert pending(directory) == []
+    finally:
+        store.close()
+    written = _instances_in_trail(store.engine)
+    assert sorted(written) == sorted(f"vm-{n}" for n in range(2_800))  # each once
+
+
+@pytest.mark.sqlite
+def test_spilled_events_a_process_did_not_write_back_are_written_by_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker killed (or stopped) with events of its own on disk leaves them where a stop's are: the next
+    start's parent writes them."""
+    monkeypatch.setattr(audit_module, "QUEUE_MAX", 100)
+    monkeypatch.setattr(audit_module, "SPILL_DOWN_TO", 0)
+    store = SettingsStore(create_engine(f"sqlite:///{tmp_path / 'trail.db'}"))
+    store.ensure_schema()
+    directory = tmp_path / "audit-pending"
+    try:
+        worker = _trail(store.engine, directory)
+        _reads_waiting(worker, range(150))
+        worker._spill()
+        assert len(pending(directory)) == 1
+        assert worker.queue_depth == 150
+        _written_back(store.engine, directory)
+    finally:
+        store.close()
+    assert sorted(_instances_in_trail(store.engine)) == sorted(f"vm-{n}" for n in range(150))
+
+
+@pytest.mark.sqlite
+@pytest.mark.parametrize("kept", ["no data directory", "a directory that cannot be made"])
+def test_past_the_memory_bound_without_a_place_on_disk_the_oldest_are_dropped_counted_and_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, kept: str
+) -> None:
+    monkeypatch.setattr(audit_module, "QUEUE_MAX", 100)
+    monkeypatch.setattr(audit_module, "SPILL_DOWN_TO", 50)
+    (tmp_path / "a-file").write_text("")
+    directory = None if kept == "no data directory" else tmp_path / "a-file" / "audit-pending"
+    store = SettingsStore(create_engine(f"sqlite:///{tmp_path / 'trail.db'}"))
+    store.ensure_schema()
+    trail = AuditLog(store.engine, max_age=timedelta(days=1), max_rows=10_000, pending_dir=directory)
+    try:
+        with caplog.at_level(logging.WARNING, logger="boshreg.registry.audit"):
+            _reads_waiting(trail, range(250))  # past the bound in memory: 100 without a directory, 200 with one
+            trail.flush()
+    finally:
+        store.close()
+    written = _instances_in_trail(store.engine)
+    if directory is None:
+        assert trail.dropped_total == 150
+        assert written == [f"vm-{n}" for n in range(150, 250)]  # the newest kept
+    else:
+        assert trail.dropped_total == 200  # 50 past the bound of 200, then 150 the disk refused
+        assert written == [f"vm-{n}" for n in range(200, 250)]
+        assert "cannot be kept in" in caplog.text
+    assert "dropped" in caplog.text
+    assert "Traceback" not in caplog.text

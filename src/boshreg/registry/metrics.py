@@ -294,11 +294,14 @@ class RegistryCollector(Collector):
     def _process_gauges(self) -> Iterable[Metric]:
         alive = [snap for snap in self.found if _alive(int(snap.get("pid", 0)))]
         gauges = _summed(snap.get("gauges", {}) for snap in alive)
-        depth = GaugeMetricFamily("boshreg_audit_queue_depth", "Audit events waiting to be written, all workers")
+        depth = GaugeMetricFamily(
+            "boshreg_audit_queue_depth", "Audit events waiting to be written, all workers (in memory and on disk)"
+        )
         depth.add_metric([], gauges.get("audit_queue", 0))
         yield depth
         dropped = CounterMetricFamily(
-            "boshreg_audit_dropped_events", "Audit events dropped (database away too long, or refused alone)"
+            "boshreg_audit_dropped_events",
+            "Audit events dropped (more waiting than memory and the data directory could keep, or refused alone)",
         )
         dropped.add_metric([], sum(int(snap.get("gauges", {}).get("audit_dropped", 0)) for snap in self.found))
         yield dropped
