@@ -351,3 +351,27 @@ def test_past_the_memory_bound_without_a_place_on_disk_the_oldest_are_dropped_co
         assert "cannot be kept in" in caplog.text
     assert "dropped" in caplog.text
     assert "Traceback" not in caplog.text
+
+
+@pytest.mark.sqlite
+def test_a_spilled_file_that_cannot_be_read_back_is_left_for_an_operator_and_no_longer_counted_as_waiting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(audit_module, "QUEUE_MAX", 100)
+    monkeypatch.setattr(audit_module, "SPILL_DOWN_TO", 0)
+    store = SettingsStore(create_engine(f"sqlite:///{tmp_path / 'trail.db'}"))
+    store.ensure_schema()
+    directory = tmp_path / "audit-pending"
+    trail = _trail(store.engine, directory)
+    try:
+        _reads_waiting(trail, range(150))
+        trail._spill()
+        (spilled,) = pending(directory)
+        spilled.write_text('{"not": "an event"}\n')  # damaged on disk
+        with caplog.at_level(logging.ERROR, logger="boshreg.registry.audit"):
+            trail.write_pending()
+    finally:
+        store.close()
+    assert trail.queue_depth == 0  # a gauge stuck at 150 would say the trail never catches up
+    assert pending(directory) == [spilled]
+    assert f"cannot read {spilled}" in caplog.text

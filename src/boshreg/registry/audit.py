@@ -433,7 +433,7 @@ class AuditLog:
                 events = [Event.from_pending(row) for row in rows]
             except (OSError, KeyError, TypeError, ValueError) as exc:
                 log.error("audit trail: cannot read %s (%s); left it there", path, exc)
-                self._pending.pop(0)
+                self._done_with(path)
                 continue
             if damaged:
                 log.error("audit trail: %d damaged lines in %s, skipped", damaged, path)
@@ -445,15 +445,21 @@ class AuditLog:
                 self._write_isolating(events)
             except Exception:  # a fault of ours: the writer must live on; the file stays for the next start
                 log.exception("audit trail: cannot write back %s; left it there", path)
-                self._pending.pop(0)
+                self._done_with(path)
                 continue
             path.unlink(missing_ok=True)
-            self._pending.pop(0)
-            spilled = self._spilled.pop(path, None)
-            if spilled is not None:
-                self._spilled_events -= spilled
-            elif not self._pending:
+            if not self._done_with(path) and not self._pending:
                 log.info("audit trail: the events earlier stops saved are written")
+
+    def _done_with(self, path: Path) -> bool:
+        """``path`` off the list of files to write back (written, or left for the next start); whether it was one
+        of this writer's spills (its events then no longer wait here)."""
+        self._pending.remove(path)
+        spilled = self._spilled.pop(path, None)
+        if spilled is None:
+            return False
+        self._spilled_events -= spilled
+        return True
 
     def flush(self, *, reads: bool = True) -> None:
         """Write everything queued now, first reads included, and (``reads``) close the reads' window; tests may
