@@ -31,6 +31,12 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 linklocal.install()
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The guard's log goes with the run (each run left one in the temporary directory)."""
+    del config
+    _GUARD_LOG.unlink(missing_ok=True)
+
+
 @pytest.fixture(autouse=True)
 def no_link_local_traffic() -> Iterator[None]:
     """Fail any test during which a process tried to reach 169.254.0.0/16 (the platform's metadata service)."""
