@@ -114,12 +114,9 @@ class Event:
         return _column_values(self)
 
     def to_pending(self) -> dict[str, Any]:
-        """Every field, JSON-ready, for a file of events waiting for the next start (``audit_pending``)."""
-        return {
-            **self.to_json(),
-            "size": self.size,
-            "last_at": self.last_at.isoformat() if self.last_at is not None else None,
-        }
+        """Every field, for a file of events waiting to be written (``audit_pending``, whose orjson writes the
+        times as ISO 8601)."""
+        return _pending_row(_fields(self))
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> Event:
@@ -391,7 +388,7 @@ class AuditLog:
         spilled = 0
         while len(self._queue) > SPILL_DOWN_TO:
             count = min(BATCH_EVENTS, len(self._queue) - SPILL_DOWN_TO)
-            oldest = [dict(zip(_FIELD_NAMES, self._queue.popleft(), strict=True)) for _ in range(count)]
+            oldest = [_pending_row(self._queue.popleft()) for _ in range(count)]
             try:
                 paths = audit_pending.save(self._pending_dir, oldest, BATCH_EVENTS)
             except OSError as exc:
@@ -595,7 +592,6 @@ class AuditLog:
             reads_due = now - reads_closed >= READS_SECONDS or len(self._reads) >= READS_WINDOW_MAX
             if reads_due:
                 reads_closed = now
-            self._spill()
             if self._pending:  # before this turn's events, so that most of the trail stays in order
                 self.write_pending()
             self.flush(reads=reads_due)
@@ -666,6 +662,11 @@ _FIELD_NAMES = tuple(field.name for field in fields(Event))  # to_pending's keys
 _fields: Callable[[Event], tuple[Any, ...]] = operator.attrgetter(*_FIELD_NAMES)
 _INSERT = insert(registry_events)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def _pending_row(event_fields: tuple[Any, ...]) -> dict[str, Any]:
+    """An event's fields (a queued tuple, or ``_fields`` of an Event) as a row of ``audit_pending``'s files."""
+    return dict(zip(_FIELD_NAMES, event_fields, strict=True))
 
 
 class SinceError(BoshregError, ValueError):
