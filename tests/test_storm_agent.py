@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+import uvloop
 
 from boshreg.agent import HttpSource, resolve
 from boshreg.testcloud.metadata import MetadataFaults, MetadataServer
@@ -54,6 +55,14 @@ def test_a_vm_gets_the_settings_the_agent_s_own_resolver_gets(registry: Registry
         resolved = resolve([HttpSource(url)], deadline=10)
     assert booted.settings == settings_for("vm-lean") == resolved.settings
     assert min(booted.source_seconds, booted.registry_seconds) > 0
+
+
+def test_a_vm_boots_on_uvloop_as_the_storm_runs_it(registry: RegistryProcess) -> None:
+    """uvloop's transports are no subclass of asyncio.Transport: the agent must not depend on that."""
+    store(registry, "vm-lean-uv", settings_for("vm-lean-uv"))
+    with metadata("vm-lean-uv", admin_endpoint(registry)) as url:
+        booted = uvloop.run(boot(url, "127.0.0.1", 10.0))
+    assert booted.settings == settings_for("vm-lean-uv")
 
 
 def test_a_flapping_metadata_service_is_retried_a_second_later(registry: RegistryProcess) -> None:

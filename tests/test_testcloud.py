@@ -10,13 +10,15 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import create_engine
 
 from boshreg.agent import ConfigDriveSource
 from boshreg.agent.sources import SourceUnavailable
-from boshreg.bootstrap.nova import OPENSTACK_VERSIONS
+from boshreg.bootstrap.nova import EC2_USER_DATA_PATH, OPENSTACK_VERSIONS
 from boshreg.registry.audit import query_events
+from boshreg.testcloud.storm import _MetadataProcess, vm_address
 from support.chain import PUBLIC_KEY, metadata_service, vm
 from support.cli import assert_one_line_error, boshreg
 from support.http import get_from as get
@@ -293,6 +295,15 @@ def test_a_wide_storm_spreads_its_agents_over_processes(tmp_path: Path, agents: 
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout)
     assert (report["ok"], report["processes"]) == (True, processes)
+
+
+def test_the_storm_s_metadata_service_knows_a_vm_by_its_own_address_not_a_forwarded_one() -> None:
+    """A VM that sends X-Forwarded-For naming another VM still gets its own user data: even from 127.0.0.1, the
+    address uvicorn's proxy-headers middleware trusts by default."""
+    vms = [vm("vm-0", b"user data of vm-0", "127.0.0.1"), vm("vm-1", b"user data of vm-1", vm_address(1))]
+    with _MetadataProcess(vms) as url, httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.1")) as vm0:
+        answer = vm0.get(f"{url}{EC2_USER_DATA_PATH}", headers={"X-Forwarded-For": vm_address(1)}, timeout=10)
+    assert (answer.status_code, answer.text) == (200, "user data of vm-0")
 
 
 def test_storm_shows_its_progress_on_a_terminal_only(tmp_path: Path) -> None:
