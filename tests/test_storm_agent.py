@@ -1,19 +1,24 @@
-"""The storm's event-loop agent: the agent's requests, retries and readings, against a real registry."""
+"""The storm's event-loop agent (the agent's requests, retries and readings) and its CPI, against a real registry."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import httpx
 import pytest
 import uvloop
 
 from boshreg.agent import HttpSource, resolve
+from boshreg.bootstrap.endpoint import parse_endpoint
+from boshreg.testcloud import vms
 from boshreg.testcloud.metadata import MetadataFaults, MetadataServer
 from boshreg.testcloud.storm_agent import Booted, BootFailed, boot
+from boshreg.testcloud.storm_cpi import store_all
 from support.chain import registry_user_data, settings_for, store, vm
 from support.registry import ADMIN_PASSWORD, RegistryProcess, free_port
 
@@ -105,3 +110,34 @@ def test_an_https_registry_is_named_as_beyond_the_lean_agent() -> None:
     with metadata("vm-lean-tls", f"https://admin:{ADMIN_PASSWORD}@127.0.0.1:{free_port()}") as url:
         said = failure(url)
     assert said == "https://127.0.0.1: the storm's lean agents speak plain HTTP; use --agents resolver"
+
+
+# --- the storm's CPI (storm_cpi) -----------------------------------------------------------------
+
+
+def test_the_storm_s_cpi_stores_every_document_once_and_counts_each(registry: RegistryProcess) -> None:
+    names = [f"vm-cpi-{n}" for n in range(40)]
+    counted: list[None] = []
+    store_all(
+        parse_endpoint(admin_endpoint(registry)),
+        ((name, json.dumps(settings_for(name))) for name in names),
+        writers=4,
+        stored=lambda: counted.append(None),
+    )
+    assert len(counted) == 40
+    for name in (names[0], names[-1]):
+        answer = httpx.get(f"{registry.url}/instances/{name}/settings", auth=("admin", ADMIN_PASSWORD), timeout=10)
+        assert json.loads(answer.json()["settings"]) == settings_for(name)
+
+
+def test_the_storm_s_cpi_names_a_refused_put_with_the_registry_s_words(registry: RegistryProcess) -> None:
+    endpoint = parse_endpoint(admin_endpoint(registry, password="not-the-password"))
+    with pytest.raises(vms.TestCloudError, match=r"the CPI's PUT of vm-cpi-refused: HTTP 401 \S") as refused:
+        store_all(endpoint, [("vm-cpi-refused", "{}")], writers=2, stored=lambda: None)
+    assert "not-the-password" not in str(refused.value)
+
+
+def test_the_storm_s_cpi_names_a_registry_that_is_not_there() -> None:
+    endpoint = parse_endpoint(f"http://admin:secret@127.0.0.1:{free_port()}")
+    with pytest.raises(vms.TestCloudError, match=r"cannot connect to the registry at 127\.0\.0\.1:\d+"):
+        store_all(endpoint, [("vm-cpi-nowhere", "{}")], writers=1, stored=lambda: None)

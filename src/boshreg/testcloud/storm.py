@@ -39,6 +39,7 @@ from boshreg.registry.server import bind
 from boshreg.testcloud.boot import example_settings, running_registry
 from boshreg.testcloud.metadata import MetadataApp, MetadataService
 from boshreg.testcloud.storm_agent import BootFailed, boot
+from boshreg.testcloud.storm_cpi import store_all
 from boshreg.testcloud.vms import TestCloudError, TestVm, default_meta_data
 
 MAX_VMS = 100_000
@@ -198,15 +199,8 @@ def _check_loopback_range() -> None:
 
 def _store_all(endpoint: Endpoint, names: Sequence[str], stored: _Counter) -> None:
     """PUT every VM's settings with the admin credential, as the CPI does before creating the servers."""
-
-    def put(name: str) -> None:
-        client.put_settings(name, json.dumps(example_settings(name)))
-        stored.add()
-
-    from boshreg.client import RegistryClient  # httpx: not in `serve` (test_structure)
-
-    with RegistryClient(endpoint, timeout=30) as client, ThreadPoolExecutor(CPI_WRITERS) as writers:
-        list(writers.map(put, names))
+    documents = ((name, json.dumps(example_settings(name))) for name in names)
+    store_all(endpoint, documents, CPI_WRITERS, stored.add)
 
 
 class _Counter:
