@@ -3,8 +3,11 @@ parser; the counters add up to the requests sent, whichever worker answered each
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 from collections import Counter
+from pathlib import Path
 
 import httpx
 import pytest
@@ -12,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from boshreg.bootstrap.credentials import instance_token
 from boshreg.registry.config import ConfigError, parse_config
-from boshreg.registry.metrics import route_of
+from boshreg.registry.metrics import metrics_directory, route_of
 from conftest import RegistryLauncher
 from support.registry import ADMIN_PASSWORD, INSTANCE_SECRET, RegistryProcess
 
@@ -125,3 +128,20 @@ def test_routes_are_templates(target: bytes, route: str) -> None:
 def test_a_scrape_allow_list_entry_that_is_not_a_network_is_named() -> None:
     with pytest.raises(ConfigError, match="'ten' is not an address or network"):
         parse_config({"http": {"password": "pw", "metrics_allow_from": ["10.0.0.0/8", "ten"]}})
+
+
+def test_a_start_removes_the_snapshot_directories_of_registries_killed_outright(tmp_path: Path) -> None:
+    """A registry killed outright (SIGKILL, the OOM killer) cannot remove its directory; the next start does, and
+    only those whose process is gone."""
+    killed = subprocess.Popen(["true"])
+    killed.wait()
+    stale = tmp_path / f"boshreg-metrics-{killed.pid}-a1b2"
+    running = tmp_path / f"boshreg-metrics-{os.getpid()}-c3d4"
+    not_ours = tmp_path / "boshreg-metrics-c5d6e7"  # a name of another form: left as it is
+    for directory in (stale, running, not_ours):
+        directory.mkdir()
+        (directory / "worker-1.json").write_text("{}")
+    made = metrics_directory(tmp_path)
+    assert (stale.exists(), running.exists(), not_ours.exists()) == (False, True, True)
+    assert made.name.startswith(f"boshreg-metrics-{os.getpid()}-")
+    assert made.stat().st_mode & 0o777 == 0o700

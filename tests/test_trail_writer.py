@@ -187,6 +187,35 @@ def test_events_waiting_for_a_starved_writer_are_out_of_the_garbage_collectors_w
 
 
 @pytest.mark.sqlite
+def test_a_flood_of_refusals_from_many_addresses_is_out_of_the_garbage_collectors_walks(tmp_path: Path) -> None:
+    """Refused requests are counted per (address, id, ...) in a window, as reads are: 20,000 refusers kept as
+    objects the collector tracks would be walked at each full pass, as the reads' backlog was. Each refuser's first
+    refusal is an event at once; its further ones one event with their count when the window closes."""
+    store = SettingsStore(create_engine(f"sqlite:///{tmp_path / 'trail.db'}"))
+    store.ensure_schema()
+    trail = AuditLog(store.engine, max_age=timedelta(days=1), max_rows=100_000)  # not started: starved
+    try:
+        gc.collect()
+        tracked_before = len(gc.get_objects())
+        for n in range(20_000):
+            for _ in range(3):
+                trail.record("read", "vm-1", f"10.{n // 250}.{n % 250}.1", "refused", 401, "unauthorized")
+        gc.collect()
+        tracked_now = len(gc.get_objects()) - tracked_before
+        assert tracked_now < 1_000  # was 20,000: an Event per refuser
+        trail._close_window(time.monotonic(), force=True)
+        trail.flush()
+    finally:
+        store.close()
+    events = query_events(store.engine, limit=100_000)
+    by_client: dict[str, list[int]] = {}
+    for event in events:
+        by_client.setdefault(event.client, []).append(event.count or 1)
+    assert len(by_client) == 20_000
+    assert {tuple(sorted(counts)) for counts in by_client.values()} == {(1, 2)}  # the first, then 2 more
+
+
+@pytest.mark.sqlite
 def test_a_window_filling_while_the_writer_writes_a_backlog_is_closed_within_that_turn(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

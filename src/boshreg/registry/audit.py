@@ -198,7 +198,9 @@ class AuditLog:
         # every waiting Event object in each full pass, with every request on the worker stalled (a cold load
         # leaves 100,000 a worker waiting: passes of 30-63 ms; README, "Measured").
         self._queue: deque[tuple[Any, ...]] = deque()
-        self._refusals: dict[tuple[str, ...], Event] = {}  # by (client, action, id, credential, status): this window's
+        # by (client, action, id, credential, status): this window's refusals, as their latest event's fields with
+        # the count of further ones (tuples, as the queue's: a flood of refusers must not fill the collector's walks)
+        self._refusals: dict[tuple[str, ...], tuple[Any, ...]] = {}
         self._refusals_since = 0.0
         # (id, client, credential) → (the first of the window's further reads (time.time()), how many, the last
         # read's): the window's readers; their first reads wait in _first_reads to be written at the next flush.
@@ -253,10 +255,10 @@ class AuditLog:
             key = (event.client, action, event.instance_id, credential, str(status))
             seen = self._refusals.get(key)
             if seen is not None:
-                self._refusals[key] = replace(event, count=seen.count + 1)
+                self._refusals[key] = _with_count(_fields(event), seen[_COUNT] + 1)
                 return
             if len(self._refusals) < QUEUE_MAX:
-                self._refusals[key] = replace(event, count=0)
+                self._refusals[key] = _with_count(_fields(event), 0)
         self._enqueue(event)
 
     def record_read(self, instance_id: str, client: str, credential: str) -> None:
@@ -326,9 +328,9 @@ class AuditLog:
             return
         self._refusals_since = now
         refusals, self._refusals = self._refusals, {}
-        for event in refusals.values():
-            if event.count:  # the window's further refusals, as one event with their count
-                self._enqueue(event)
+        for event_fields in refusals.values():
+            if event_fields[_COUNT]:  # the window's further refusals, as one event with their count
+                self._enqueue_fields(event_fields)
 
     def stop(self, drain_seconds: float = STOP_DRAIN_SECONDS) -> None:
         """Write what is queued for up to ``drain_seconds``, then stop the writer; what is left (a backlog
@@ -660,6 +662,14 @@ _COLUMNS = tuple(column.name for column in registry_events.columns if column.nam
 _column_values: Callable[[Event], tuple[Any, ...]] = operator.attrgetter(*_COLUMNS)  # C: a tuple in column order
 _FIELD_NAMES = tuple(field.name for field in fields(Event))  # to_pending's keys, in the queue's tuples' order
 _fields: Callable[[Event], tuple[Any, ...]] = operator.attrgetter(*_FIELD_NAMES)
+_COUNT = _FIELD_NAMES.index("count")
+
+
+def _with_count(event_fields: tuple[Any, ...], count: int) -> tuple[Any, ...]:
+    """An event's fields with another count."""
+    return (*event_fields[:_COUNT], count, *event_fields[_COUNT + 1 :])
+
+
 _INSERT = insert(registry_events)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 

@@ -18,6 +18,8 @@ import contextlib
 import json
 import logging
 import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -92,6 +94,36 @@ class Histogram:
             running += count
             out.append(("+Inf" if bound == float("inf") else repr(bound), float(running)))
         return out
+
+
+METRICS_DIR_PREFIX = "boshreg-metrics-"
+
+
+def metrics_directory(temporary: Path | None = None) -> Path:
+    """A new directory for the workers' snapshots, named after this process; first, those of registries that
+    are gone.
+
+    A registry stopped cleanly removes its own; one killed outright (SIGKILL, the OOM killer) cannot, and each
+    such stop left one in /tmp. Only directories of this user whose process no longer exists are removed.
+    """
+    temporary = temporary or Path(tempfile.gettempdir())
+    for stale in temporary.glob(f"{METRICS_DIR_PREFIX}*-*"):
+        owner = stale.name.removeprefix(METRICS_DIR_PREFIX).partition("-")[0]
+        with contextlib.suppress(OSError):
+            if owner.isdigit() and stale.lstat().st_uid == os.getuid() and stale.is_dir() and _gone(int(owner)):
+                shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-", dir=temporary))
+
+
+def _gone(pid: int) -> bool:
+    """No process has this number (one of another user's is there: signal 0 is refused, not failed)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    return False
 
 
 class ProcessMetrics:

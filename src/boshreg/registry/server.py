@@ -19,7 +19,6 @@ import signal
 import socket
 import ssl
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
@@ -44,7 +43,7 @@ from boshreg.registry.connections import (
 )
 from boshreg.registry.engine import build_engine, build_read_pool
 from boshreg.registry.front import Front, FrontLimits
-from boshreg.registry.metrics import ProcessMetrics
+from boshreg.registry.metrics import ProcessMetrics, metrics_directory
 from boshreg.registry.store import SettingsStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -211,7 +210,7 @@ def serve(config: RegistryConfig, store: SettingsStore, listening: Listening, da
     parent = os.getpid()
     children: list[int] = []
     # Each worker writes its metrics here once a second; whoever is scraped adds them up (``metrics``).
-    metrics_dir = Path(tempfile.mkdtemp(prefix="boshreg-metrics-"))
+    metrics_dir = metrics_directory()
     try:
         for _ in range(worker_count(config) - 1):
             pid = os.fork()
