@@ -8,6 +8,8 @@ import os
 import statistics
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -154,18 +156,31 @@ def test_a_readers_first_read_is_written_at_once_and_the_rest_of_its_window_as_o
     assert fleet["vm-a"].first_read_at < fleet["vm-a"].last_read_at
 
 
+@contextmanager
+def starved_trail(tmp_path: Path) -> Iterator[AuditLog]:
+    """A trail whose writer never runs (as under a load that starves it): what is recorded waits in memory."""
+    store = SettingsStore(create_engine(f"sqlite:///{tmp_path / 'trail.db'}"))
+    store.ensure_schema()
+    try:
+        yield AuditLog(store.engine, max_age=timedelta(days=1), max_rows=100_000)
+    finally:
+        store.close()
+
+
+def tracked_objects() -> int:
+    """The objects the garbage collector walks, after a full pass."""
+    gc.collect()
+    return len(gc.get_objects())
+
+
 @pytest.mark.sqlite
 def test_events_waiting_for_a_starved_writer_are_out_of_the_garbage_collectors_walks(tmp_path: Path) -> None:
     """Under a cold load the writer (below the loop's CPU priority) falls behind: ~100,000 events a worker wait.
     As objects the collector tracked, each full pass walked them all with every request on the worker stalled
     (30-63 ms, cold GET p99.9 62-97 ms at 1,000,000 stored); waiting as plain tuples, it drops them from its
     walks at their first pass. The writer still writes every one, in order."""
-    store = SettingsStore(create_engine(f"sqlite:///{tmp_path / 'trail.db'}"))
-    store.ensure_schema()
-    trail = AuditLog(store.engine, max_age=timedelta(days=1), max_rows=100_000)  # not started: starved
-    try:
-        gc.collect()
-        tracked_before = len(gc.get_objects())
+    with starved_trail(tmp_path) as trail:
+        tracked_before = tracked_objects()
         for n in range(20_000):  # a window of distinct readers, closed: their events wait in the queue
             trail.record_read(f"vm-{n}", "10.0.0.2", "per-vm")
         trail._close_reads()
@@ -173,13 +188,9 @@ def test_events_waiting_for_a_starved_writer_are_out_of_the_garbage_collectors_w
             for _ in range(2):
                 trail.record_read(f"vm-{n}", "10.0.0.3", "per-vm")
         assert trail.queue_depth == 40_000
-        gc.collect()
-        tracked_now = len(gc.get_objects()) - tracked_before
-        assert tracked_now < 1_000  # was 30,000: an Event, or a list, per reader
+        assert tracked_objects() - tracked_before < 1_000  # was 30,000: an Event, or a list, per reader
         trail.flush()
-    finally:
-        store.close()
-    events = list(reversed(query_events(store.engine, limit=100_000)))
+    events = list(reversed(query_events(trail.engine, limit=100_000)))
     assert [(event.client, event.count) for event in events] == (
         [("10.0.0.2", 1)] * 20_000 + [("10.0.0.3", 1)] * 10_000 + [("10.0.0.3", 1)] * 10_000
     )
@@ -191,23 +202,15 @@ def test_a_flood_of_refusals_from_many_addresses_is_out_of_the_garbage_collector
     """Refused requests are counted per (address, id, ...) in a window, as reads are: 20,000 refusers kept as
     objects the collector tracks would be walked at each full pass, as the reads' backlog was. Each refuser's first
     refusal is an event at once; its further ones one event with their count when the window closes."""
-    store = SettingsStore(create_engine(f"sqlite:///{tmp_path / 'trail.db'}"))
-    store.ensure_schema()
-    trail = AuditLog(store.engine, max_age=timedelta(days=1), max_rows=100_000)  # not started: starved
-    try:
-        gc.collect()
-        tracked_before = len(gc.get_objects())
+    with starved_trail(tmp_path) as trail:
+        tracked_before = tracked_objects()
         for n in range(20_000):
             for _ in range(3):
                 trail.record("read", "vm-1", f"10.{n // 250}.{n % 250}.1", "refused", 401, "unauthorized")
-        gc.collect()
-        tracked_now = len(gc.get_objects()) - tracked_before
-        assert tracked_now < 1_000  # was 20,000: an Event per refuser
+        assert tracked_objects() - tracked_before < 1_000  # was 20,000: an Event per refuser
         trail._close_window(time.monotonic(), force=True)
         trail.flush()
-    finally:
-        store.close()
-    events = query_events(store.engine, limit=100_000)
+    events = query_events(trail.engine, limit=100_000)
     by_client: dict[str, list[int]] = {}
     for event in events:
         by_client.setdefault(event.client, []).append(event.count or 1)
