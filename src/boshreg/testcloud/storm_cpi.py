@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Iterable, Iterator
+from typing import cast
 from urllib.parse import quote
 
 import httptools
@@ -117,7 +118,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # a stream transport (create_connection), though uvloop's is no subclass of asyncio.Transport
-        self._transport = transport  # type: ignore[assignment]
+        self._transport = cast(asyncio.WriteTransport, transport)
 
     def data_received(self, data: bytes) -> None:
         try:
