@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import shutil
@@ -24,17 +25,13 @@ from support.registry import ADMIN_PASSWORD, INSTANCE_SECRET, RegistryProcess, f
 
 # Every socket of this process and of every Python process a test starts refuses link-local addresses.
 _GUARD_LOG = Path(tempfile.mkstemp(prefix="boshreg-linklocal-", suffix=".log")[1])
+# The log goes with the run, also one pytest ends before configuring (a path not found): each such run left one.
+atexit.register(_GUARD_LOG.unlink, missing_ok=True)
 os.environ[linklocal.LOG_VARIABLE] = str(_GUARD_LOG)
 os.environ["PYTHONPATH"] = os.pathsep.join(
     [str(Path(__file__).parent / "support" / "guard_site"), *filter(None, [os.environ.get("PYTHONPATH")])]
 )
 linklocal.install()
-
-
-def pytest_unconfigure(config: pytest.Config) -> None:
-    """The guard's log goes with the run (each run left one in the temporary directory)."""
-    del config
-    _GUARD_LOG.unlink(missing_ok=True)
 
 
 @pytest.fixture(autouse=True)
