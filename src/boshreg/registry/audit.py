@@ -356,7 +356,9 @@ class AuditLog:
                 self._spilled_events,
                 self._pending_dir,
             )
-        rest = in_hand + [Event(*self._queue.popleft()) for _ in range(len(self._queue))]
+        # the queue's tuples become rows as they are: no Event made only to be taken apart (up to 200,000 at a stop)
+        rest = [event.to_pending() for event in in_hand]
+        rest += [_pending_row(self._queue.popleft()) for _ in range(len(self._queue))]
         if not rest:
             return
         if self._pending_dir is None:
@@ -364,7 +366,7 @@ class AuditLog:
             log.error("audit trail: %d events not written before the stop, and lost (no data directory)", len(rest))
             return
         try:
-            audit_pending.save(self._pending_dir, [event.to_pending() for event in rest], BATCH_EVENTS)
+            audit_pending.save(self._pending_dir, rest, BATCH_EVENTS)
         except OSError as exc:
             self.dropped_total += len(rest)
             log.error(
@@ -392,7 +394,7 @@ class AuditLog:
             count = min(BATCH_EVENTS, len(self._queue) - SPILL_DOWN_TO)
             oldest = [_pending_row(self._queue.popleft()) for _ in range(count)]
             try:
-                paths = audit_pending.save(self._pending_dir, oldest, BATCH_EVENTS)
+                (path,) = audit_pending.save(self._pending_dir, oldest, BATCH_EVENTS)  # at most a batch: one file
             except OSError as exc:
                 lost = len(oldest) + self._drop_oldest(len(self._queue) - SPILL_DOWN_TO)
                 self._dropped += lost
@@ -405,9 +407,8 @@ class AuditLog:
                     exc.strerror or exc,
                 )
                 break
-            for path in paths:
-                self._spilled[path] = len(oldest)
-                self._pending.append(path)
+            self._spilled[path] = len(oldest)
+            self._pending.append(path)
             self._spilled_events += len(oldest)
             spilled += len(oldest)
         if spilled:
