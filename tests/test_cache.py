@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import URL, create_engine, text
+from sqlalchemy import URL, create_engine, insert, text
 
 from boshreg.registry.cache import (
     CHANGE_POLL_SECONDS,
@@ -29,10 +29,13 @@ from boshreg.registry.cache import (
     NoWatch,
     ResponseCache,
     SharedMarker,
+    ensure_change_counter,
+    settings_digest,
 )
 from boshreg.registry.config import DbConfig
 from boshreg.registry.engine import build_engine
 from boshreg.registry.store import SettingsStore, StoreError
+from boshreg.registry.tables import metadata, registry_instances
 from conftest import RegistryLauncher, usable_backend
 from support.databases import url_text
 from support.registry import ADMIN_PASSWORD, RegistryProcess, free_port
@@ -149,6 +152,71 @@ def write_as_another_program(url: URL, name: str, version: int) -> None:
             {"s": json.dumps({"version": version}), "name": name},
         )
     engine.dispose()
+
+
+@pytest.mark.mysql
+def test_mysql_answers_unchanged_in_the_database_live_on_and_changed_ones_go_within_cache_seconds(
+    mysql_url: URL,
+) -> None:
+    """Hot answers must not be read again only because they aged (those reads set the hot GET's p99 on MariaDB),
+    and what another program changed must still be gone within the cache's life."""
+    engine = create_engine(mysql_url)
+    metadata.create_all(engine)
+    ensure_change_counter(engine)
+    kept, changed = '{"name": "kept", "note": "é ✓ 𝄞"}', '{"name": "changed"}'
+    with engine.begin() as conn:
+        conn.execute(insert(registry_instances), [{"instance_id": "vm-kept", "settings": kept}])
+        conn.execute(insert(registry_instances), [{"instance_id": "vm-changed", "settings": changed}])
+        conn.execute(insert(registry_instances), [{"instance_id": "vm-deleted", "settings": changed}])
+    counter = ChangeCounter(build_engine(DbConfig(url=url_text(mysql_url))))
+    try:
+        cache = ResponseCache(counter, max_bytes=1 << 20, max_seconds=1.0)
+        deadline = time.monotonic() + 10
+        while cache.version() != cache.version() and time.monotonic() < deadline:
+            time.sleep(0.05)  # until the counter is heard, nothing is kept
+        assert cache.get("vm-none") is None  # the cache takes in the version it now hears
+        version = cache.version()
+        for name, settings in (("vm-kept", kept), ("vm-changed", changed), ("vm-deleted", changed)):
+            cache.put(name, Answer(name.encode(), 0), version, time.monotonic(), settings)
+        written = time.monotonic()
+        with engine.begin() as conn:  # as the original registry writes: no change counter
+            conn.execute(text("UPDATE registry_instances SET settings = '{}' WHERE instance_id = 'vm-changed'"))
+            conn.execute(text("DELETE FROM registry_instances WHERE instance_id = 'vm-deleted'"))
+        while (cache.get("vm-changed") or cache.get("vm-deleted")) and time.monotonic() < written + 2:
+            time.sleep(0.02)
+        assert time.monotonic() - written <= 1.0 + 0.3
+        time.sleep(3 * 1.0)  # three lives
+        assert cache.get("vm-kept") == Answer(b"vm-kept", 0)
+    finally:
+        counter.close()
+        engine.dispose()
+
+
+class CheckingWatch(NoWatch):
+    """A watch that checks answers (as MySQL's does), driven by the test."""
+
+    def attach(self, cache: ResponseCache) -> bool:
+        return True
+
+
+def test_a_check_leaves_alone_an_answer_replaced_or_dropped_since_it_was_taken() -> None:
+    """The check runs in another thread: what it saw must never bring back or prolong an answer the loop has
+    since replaced (this process wrote) or dropped."""
+    cache = ResponseCache(CheckingWatch(), max_bytes=1 << 20, max_seconds=0.4)
+    put_at = time.monotonic()
+    for name in ("vm-rewritten", "vm-dropped", "vm-same"):
+        cache.put(name, Answer(b"old", 0), cache.version(), put_at, "old")
+    time.sleep(0.2)  # each expires by put_at + 0.4: within two checks (0.1 s apart) of now, so due
+    due = cache.due_for_check()
+    assert {name for name, _ in due} == {"vm-rewritten", "vm-dropped", "vm-same"}
+    cache.forget("vm-rewritten")
+    cache.put("vm-rewritten", Answer(b"new", 0), cache.version(), time.monotonic(), "new")
+    cache.forget("vm-dropped")
+    cache.checked(due, {name: settings_digest("old") for name, _ in due}, time.monotonic())
+    assert cache.get("vm-rewritten") == Answer(b"new", 0)
+    assert cache.get("vm-dropped") is None
+    time.sleep(max(0.0, put_at + 0.45 - time.monotonic()))  # past its first life, within the checked one
+    assert cache.get("vm-same") == Answer(b"old", 0)
 
 
 @pytest.mark.mysql

@@ -248,7 +248,7 @@ class RegistryApi:
             return None
         answer = Answer(settings_answer(stored.settings), stored.generation)
         if self.cache is not None:
-            self.cache.put(raw_id, answer, version, read_at)
+            self.cache.put(raw_id, answer, version, read_at, stored.settings)
         return answer
 
     def close(self) -> None:
