@@ -192,6 +192,32 @@ def test_mysql_answers_unchanged_in_the_database_live_on_and_changed_ones_go_wit
         engine.dispose()
 
 
+@pytest.mark.mysql
+def test_a_check_mysql_refuses_ends_the_checks_not_the_hearing(
+    mysql_url: URL, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Answers are then kept for their life, as before there were checks, and writes are still heard."""
+    engine = create_engine(mysql_url)
+    ensure_change_counter(engine)  # and no settings table: the check's query is refused
+    counter = ChangeCounter(engine)
+    try:
+        cache = ResponseCache(counter, max_bytes=1 << 20, max_seconds=0.4)
+        deadline = time.monotonic() + 10
+        while cache.version() != cache.version() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert cache.get("vm-none") is None  # the cache takes in the version it now hears
+        cache.put("vm-1", Answer(b"answer", 0), cache.version(), time.monotonic(), "{}")
+        while "not checked" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "answers not checked against MySQL (ProgrammingError); they expire instead" in caplog.text
+        assert cache.version() == cache.version()  # still hearing
+        time.sleep(0.45)
+        assert cache.get("vm-1") is None  # expired after its life
+    finally:
+        counter.close()
+        engine.dispose()
+
+
 class CheckingWatch(NoWatch):
     """A watch that checks answers (as MySQL's does), driven by the test."""
 

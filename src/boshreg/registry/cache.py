@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import NamedTuple, Protocol
 
 from sqlalchemy import Connection, Engine, func, literal_column, select
+from sqlalchemy import exc as sa_exc
 
 from boshreg.registry.tables import registry_changes, registry_instances
 
@@ -60,7 +61,7 @@ CHANGE_POLL_SECONDS = 0.1  # MySQL: how often each worker reads the change count
 # MySQL: answers are checked against the database this often, as a share of their life (http.cache_seconds),
 # those that would expire before two more checks: each kept answer is checked about twice a life.
 REVALIDATE_SHARE = 0.25
-REVALIDATE_IDS = 500  # ids a checking query names
+REVALIDATE_IDS = 500  # ids a checking query names (one such query between two readings of the counter)
 _MARKER_BYTES = 8
 _MARKER_MAX = 2**64 - 1
 _MARKER = struct.Struct("<Q")  # the marker's number (read on every cached read: 50 ns, int.from_bytes 120)
@@ -252,7 +253,8 @@ class ChangeCounter(_WatchThread):
     def _hear(self) -> None:
         with self._engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             seen: int | None = None
-            checked = time.monotonic()
+            due: list[tuple[str, Entry]] = []
+            next_round = time.monotonic()
             while not self._stop.is_set():
                 counter = conn.execute(_COUNTER).scalar_one()  # no row: an error, as if away
                 if counter != seen:
@@ -260,25 +262,37 @@ class ChangeCounter(_WatchThread):
                     self._changed()  # at the first read too: writes until then were not seen
                 self._hearing_now()
                 cache = self._cache
-                if cache is not None and time.monotonic() - checked >= cache.revalidate_every:
-                    checked = time.monotonic()
-                    revalidate(conn, cache)
+                if cache is not None:
+                    # One query of ids between two readings of the counter, so that checking thousands of
+                    # answers never holds back the news of a boshreg write by more than that query.
+                    if not due and time.monotonic() >= next_round:
+                        next_round = time.monotonic() + cache.revalidate_every
+                        due = cache.due_for_check()
+                    if due:
+                        self._check(conn, cache, due[:REVALIDATE_IDS])
+                        due = due[REVALIDATE_IDS:]
                 self._stop.wait(CHANGE_POLL_SECONDS)
 
+    def _check(self, conn: Connection, cache: ResponseCache, due: list[tuple[str, Entry]]) -> None:
+        """``due`` against what is stored now; a query the database refuses (not a lost connection, which
+        ends the hearing) stops the checks: answers then expire after their life, as before there were checks."""
+        try:
+            revalidate(conn, cache, due)
+        except (sa_exc.OperationalError, sa_exc.InterfaceError):
+            raise
+        except sa_exc.SQLAlchemyError as exc:
+            log.warning("read cache: answers not checked against MySQL (%s); they expire instead", type(exc).__name__)
+            self._cache = None
 
-def revalidate(conn: Connection, cache: ResponseCache) -> None:
-    """Check the answers about to expire against what is stored: unchanged ones live on, the rest are dropped.
+
+def revalidate(conn: Connection, cache: ResponseCache, due: list[tuple[str, Entry]]) -> None:
+    """Check answers against what is stored: unchanged ones live on, the rest are dropped.
 
     The time of the check is taken before the query, so an answer is never served longer than the cache's
     life after a moment the database was seen to hold what it says."""
-    due = cache.due_for_check()
-    if not due:
-        return
     checked_at = time.monotonic()
-    stored: dict[str, str] = {}
-    for start in range(0, len(due), REVALIDATE_IDS):
-        ids = [instance_id for instance_id, _entry in due[start : start + REVALIDATE_IDS]]
-        stored.update(conn.execute(_DIGESTS.where(registry_instances.c.instance_id.in_(ids))).tuples().all())
+    ids = [instance_id for instance_id, _entry in due]
+    stored = dict(conn.execute(_DIGESTS.where(registry_instances.c.instance_id.in_(ids))).tuples().all())
     cache.checked(due, stored, checked_at)
 
 
@@ -344,6 +358,10 @@ class Answer(NamedTuple):
     generation: int
 
 
+# A kept answer: the answer, its monotonic expiry, the MD5 of its settings where the watch checks answers (else "").
+Entry = tuple[Answer, float, str]
+
+
 class ResponseCache:
     """Encoded answers by instance id: bounded in bytes, least recently used out first, dropped on change.
 
@@ -359,8 +377,7 @@ class ResponseCache:
         self.watch = watch
         self.max_bytes = max_bytes
         self.max_seconds = max_seconds
-        # id → (answer, monotonic expiry, MD5 of the settings where the watch checks answers, else "")
-        self._entries: OrderedDict[str, tuple[Answer, float, str]] = OrderedDict()
+        self._entries: OrderedDict[str, Entry] = OrderedDict()
         self._lock = threading.Lock()
         self._bytes = 0
         self._seen = watch.version()
@@ -421,16 +438,14 @@ class ResponseCache:
             self._entries.clear()
             self._bytes = 0
 
-    def due_for_check(self) -> list[tuple[str, tuple[Answer, float, str]]]:
+    def due_for_check(self) -> list[tuple[str, Entry]]:
         """The entries that would expire before two more checks (from the checking watch's thread)."""
         soon = time.monotonic() + 2 * self.revalidate_every
         # One C-level copy: the loop may reorder entries meanwhile, which iterating the dict itself forbids.
         entries = list(self._entries.items())
         return [(instance_id, entry) for instance_id, entry in entries if entry[2] and entry[1] < soon]
 
-    def checked(
-        self, due: list[tuple[str, tuple[Answer, float, str]]], stored: dict[str, str], checked_at: float
-    ) -> None:
+    def checked(self, due: list[tuple[str, Entry]], stored: dict[str, str], checked_at: float) -> None:
         """``due`` checked at ``checked_at`` against ``stored`` (id → digest): the unchanged live one more life
         from then, the changed and the gone are dropped; an entry replaced or dropped since is left alone."""
         if self.max_seconds is None:
