@@ -292,7 +292,8 @@ def revalidate(conn: Connection, cache: ResponseCache, due: list[tuple[str, Entr
     life after a moment the database was seen to hold what it says."""
     checked_at = time.monotonic()
     ids = [instance_id for instance_id, _entry in due]
-    stored = dict(conn.execute(_DIGESTS.where(registry_instances.c.instance_id.in_(ids))).tuples().all())
+    rows = conn.execute(_DIGESTS.where(registry_instances.c.instance_id.in_(ids)))
+    stored: dict[str, str] = {instance_id: digest for instance_id, digest in rows}
     cache.checked(due, stored, checked_at)
 
 
