@@ -77,7 +77,10 @@ SPILL_DOWN_TO = QUEUE_MAX // 2  # a spill leaves this many in memory: one file w
 # come first, and closing windows within turns moves the writer's work into the load (20,000: 5-8% fewer cold
 # reads at 1,000,000 stored, two pairs).
 WINDOW_CLOSED_IN_A_TURN = QUEUE_MAX * 4 // 5
-WRITER_NICENESS = 10  # the writer thread's CPU priority below the serving thread's (Linux: nice +10)
+# The writer thread's CPU priority below the serving thread's (Linux: nice +19, the lowest). At +10 it still took
+# ~10% of a saturated core for the trail during a cold load; at +19 ~1.5%, and the rest waits (spilled to disk
+# past QUEUE_MAX) until the load ends: cold SQLite at 1,000,000 stored +8% and "flat" within 10% (README, "Measured").
+WRITER_NICENESS = 19
 FLEET_ATTEMPTS = 4  # a fleet update that meets another writer's lock is tried this many times
 EVENTS_DEFAULT = 100  # one page of GET /instances/<id>/events
 EVENTS_MAX = 1000
@@ -621,8 +624,9 @@ def _yield_cpu_to_serving() -> None:
 
     Why: the trail's writing is CPU (SQLite's page writes through the kernel: ~130 us a distinct read on a slow
     VM) on the cores that serve the reads. When they are saturated, a boot storm, the reads come first and the
-    trail catches up after; its queue's bound and logged drops are as before. Cold SQLite reads, six pairs side
-    by side: 6,349-7,475 req/s (p99 median ~94 ms) against 4,521-5,743 (~147 ms) at the same priority.
+    trail catches up after; its queue's bound, spill to disk and logged drops are as before. Cold SQLite reads,
+    six pairs side by side: 6,349-7,475 req/s (p99 median ~94 ms) against 4,521-5,743 (~147 ms) at the same
+    priority; at 1,000,000 stored, +19 against +10: 14,095-14,595 against 12,745-13,400 (three pairs).
     """
     if sys.platform != "linux":
         return  # elsewhere PRIO_PROCESS with a thread's id is not that thread
