@@ -77,9 +77,9 @@ SPILL_DOWN_TO = QUEUE_MAX // 2  # a spill leaves this many in memory: one file w
 # come first, and closing windows within turns moves the writer's work into the load (20,000: 5-8% fewer cold
 # reads at 1,000,000 stored, two pairs).
 WINDOW_CLOSED_IN_A_TURN = QUEUE_MAX * 4 // 5
-# The writer thread's CPU priority below the serving thread's (Linux: nice +19, the lowest). At +10 it still took
-# ~10% of a saturated core for the trail during a cold load; at +19 ~1.5%, and the rest waits (spilled to disk
-# past QUEUE_MAX) until the load ends: cold SQLite at 1,000,000 stored +8% and "flat" within 10% (README, "Measured").
+# The writer thread's CPU priority below the serving thread's (Linux: nice +19, the lowest): on saturated cores the
+# trail waits (spilled to disk past QUEUE_MAX) until the load ends. Against +10, cold SQLite at 1,000,000 stored
+# served ~8% more reads with a p99 of 32-34 ms instead of 37-81 (three pairs; README, "Measured").
 WRITER_NICENESS = 19
 FLEET_ATTEMPTS = 4  # a fleet update that meets another writer's lock is tried this many times
 EVENTS_DEFAULT = 100  # one page of GET /instances/<id>/events
