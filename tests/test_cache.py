@@ -157,6 +157,16 @@ def write_as_another_program(url: URL, name: str, version: int) -> None:
 LIFE = 2.0  # http.cache_seconds of the checking tests: a check every 0.5 s, each answer due 1 s before it expires
 
 
+def until_heard(cache: ResponseCache, seconds: float = 10.0) -> None:
+    """Wait until the cache's watch hears the database (until then its version moves at every call, so nothing
+    is kept), then let the cache take in the version it now hears."""
+    deadline = time.monotonic() + seconds
+    while cache.version() != cache.version():
+        assert time.monotonic() < deadline, "the change counter was never heard"
+        time.sleep(0.05)
+    assert cache.get("vm-none") is None
+
+
 @pytest.mark.mysql
 def test_mysql_answers_unchanged_in_the_database_live_on_and_changed_ones_go_within_cache_seconds(
     mysql_url: URL,
@@ -174,10 +184,7 @@ def test_mysql_answers_unchanged_in_the_database_live_on_and_changed_ones_go_wit
     counter = ChangeCounter(build_engine(DbConfig(url=url_text(mysql_url))))
     try:
         cache = ResponseCache(counter, max_bytes=1 << 20, max_seconds=LIFE)
-        deadline = time.monotonic() + 10
-        while cache.version() != cache.version() and time.monotonic() < deadline:
-            time.sleep(0.05)  # until the counter is heard, nothing is kept
-        assert cache.get("vm-none") is None  # the cache takes in the version it now hears
+        until_heard(cache)
         version = cache.version()
         for name, settings in (("vm-kept", kept), ("vm-changed", changed), ("vm-deleted", changed)):
             cache.put(name, Answer(name.encode(), 0), version, time.monotonic(), settings)
@@ -205,11 +212,9 @@ def test_a_check_mysql_refuses_ends_the_checks_not_the_hearing(
     counter = ChangeCounter(engine)
     try:
         cache = ResponseCache(counter, max_bytes=1 << 20, max_seconds=0.4)
-        deadline = time.monotonic() + 10
-        while cache.version() != cache.version() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert cache.get("vm-none") is None  # the cache takes in the version it now hears
+        until_heard(cache)
         cache.put("vm-1", Answer(b"answer", 0), cache.version(), time.monotonic(), "{}")
+        deadline = time.monotonic() + 10
         while "not checked" not in caplog.text and time.monotonic() < deadline:
             time.sleep(0.05)
         assert "answers not checked against MySQL (ProgrammingError); they expire instead" in caplog.text
